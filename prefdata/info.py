@@ -1,0 +1,53 @@
+"""`prefdata info`: what a workspace holds and where it came from."""
+
+from __future__ import annotations
+
+from prefdata.query import connect
+from prefdata.schemas import TABLES
+from prefdata.store import Workspace
+
+
+def workspace_info(ws: Workspace) -> dict:
+    """Tables, row counts, scenarios and provenance, as plain data."""
+    manifest = ws.manifest()
+    info = {"workspace": str(ws.root), "prefdata_version": manifest.get("prefdata_version"),
+            "schema_version": manifest.get("schema_version"), "updated_at": manifest.get("updated_at"),
+            "tables": {}, "stages": sorted(manifest.get("stages", {}))}
+    for table in TABLES:
+        parts = ws.parts(table)
+        info["tables"][table] = {"rows": ws.count(table), "parts": len(parts),
+                                 "bytes": sum(p.stat().st_size for p in parts)}
+    with connect(ws) as con:
+        def rows(sql: str) -> list[dict]:
+            return con.execute(sql).to_arrow_table().to_pylist()
+
+        info["sources"] = rows("SELECT source, split, count(*) AS prompts FROM prompts "
+                               "GROUP BY ALL ORDER BY ALL")
+        info["models"] = rows("SELECT origin, model_name, model_hash, backend, count(*) AS candidates "
+                              "FROM candidates GROUP BY ALL ORDER BY ALL")
+        info["judges"] = rows("SELECT judge_name, judge_version, status, count(*) AS judgments "
+                              "FROM judgments GROUP BY ALL ORDER BY ALL")
+        info["datasets"] = rows("SELECT dataset, scenario, kind, count(*) AS pairs, "
+                                "count(ref_chosen_logp) AS scored FROM pairs GROUP BY ALL ORDER BY ALL")
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = [f"workspace {info['workspace']}  (prefdata {info['prefdata_version']}, "
+             f"schema v{info['schema_version']}, updated {info['updated_at']})", "", "tables:"]
+    for name, t in info["tables"].items():
+        lines.append(f"  {name:<11} {t['rows']:>9,} rows  {t['parts']:>4} parts  {t['bytes'] / 1e6:8.2f} MB")
+
+    def section(title: str, entries: list[dict]) -> None:
+        lines.extend(["", f"{title}:"])
+        if not entries:
+            lines.append("  (none)")
+        for entry in entries:
+            lines.append("  " + "  ".join(f"{k}={v}" for k, v in entry.items()))
+
+    section("sources", info["sources"])
+    section("models", info["models"])
+    section("judges", info["judges"])
+    section("datasets (pairs)", info["datasets"])
+    lines.extend(["", "stages done: " + (", ".join(info["stages"]) or "(none)")])
+    return "\n".join(lines)

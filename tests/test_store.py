@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefdata.errors import PrefdataError, WorkspaceLocked
+from prefdata.schemas import schema
+from prefdata.store import Workspace
+
+REPO_SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+
+
+def prompts(n: int, start: int = 0) -> pa.Table:
+    ids = [f"p{i:04d}" for i in range(start, start + n)]
+    return pa.table({"prompt_id": ids, "source": ["toy"] * n, "split": ["train"] * n,
+                     "source_index": list(range(start, start + n)), "prompt": [f"q{i}" for i in ids]})
+
+
+def assert_matches_schema_file(path: Path, table: str) -> None:
+    """Compare a written Parquet file with schemas/<table>.json, independently of prefdata.schemas."""
+    spec = json.loads((REPO_SCHEMAS / f"{table}.json").read_text())
+    written = pq.read_schema(path)
+    assert written.names == [f["name"] for f in spec["fields"]]
+    for field, declared in zip(written, spec["fields"]):
+        assert str(field.type).replace(" ", "").replace("item:", "") == declared["type"].replace(" ", "") \
+            or field.type == schema(table).field(declared["name"]).type, field
+        assert field.nullable == declared["nullable"], field.name
+
+
+def test_write_read_roundtrip_and_schema(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        path = ws.write_part("prompts", "a", prompts(3))
+        ws.write_part("prompts", "b", prompts(2, start=3))
+        manifest = ws.write_manifest("ingest", {"limit": 5})
+    assert_matches_schema_file(path, "prompts")
+    assert ws.read("prompts").column("prompt_id").to_pylist() == [f"p{i:04d}" for i in range(5)]
+    assert manifest["tables"]["prompts"]["rows"] == 5
+    assert set(manifest["tables"]["prompts"]["parts"]) == {"part-a.parquet", "part-b.parquet"}
+    assert manifest["stages"]["ingest"]["config"] == {"limit": 5}
+    assert not list((tmp_path / "ws" / "prompts").glob(".*tmp"))  # no temp files left behind
+
+
+def test_rewriting_a_part_replaces_it(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("prompts", "a", prompts(3))
+        ws.write_part("prompts", "a", prompts(2))
+    assert ws.count("prompts") == 2
+
+
+def test_write_needs_lock_and_valid_names(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with pytest.raises(RuntimeError):
+        ws.write_part("prompts", "a", prompts(1))
+    with ws.writer():
+        with pytest.raises(ValueError):
+            ws.write_part("prompts", "../escape", prompts(1))
+        with pytest.raises(PrefdataError, match="unknown table"):
+            ws.write_part("../../etc", "a", prompts(1))
+
+
+def test_manifest_hashes_match_files(tmp_path):
+    import hashlib
+
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        path = ws.write_part("prompts", "a", prompts(4))
+        manifest = ws.write_manifest()
+    assert manifest["tables"]["prompts"]["parts"][path.name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+HOLDER = """
+import sys, time
+from prefdata.store import Workspace
+ws = Workspace.create(sys.argv[1])
+with ws.writer():
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_writer_refused_and_dead_writer_lock_recovered(tmp_path):
+    root = tmp_path / "ws"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        ws = Workspace.create(root)
+        with pytest.raises(WorkspaceLocked, match=f"pid {holder.pid}"):
+            with ws.writer():
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        with ws.writer():
+            assert ws.recovered_lock_from == holder.pid
+    finally:
+        holder.kill()
+
+
+def test_open_refuses_file_missing_and_incompatible(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PrefdataError, match="is a file"):
+        Workspace.create(tmp_path / "file")
+    with pytest.raises(PrefdataError, match="no workspace"):
+        Workspace.open(tmp_path / "missing")
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("prompts", "a", prompts(1))
+        ws.write_manifest()
+    manifest = json.loads((tmp_path / "ws" / "manifest.json").read_text())
+    manifest["schema_version"] = 99
+    (tmp_path / "ws" / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in (tmp_path / "ws").rglob("*"))
+    with pytest.raises(PrefdataError, match="schema version 99"):
+        Workspace.open(tmp_path / "ws")
+    assert sorted(p.name for p in (tmp_path / "ws").rglob("*")) == before
+
+
+READER = """
+import sys, pyarrow.parquet as pq
+from pathlib import Path
+seen = 0
+folder = Path(sys.argv[1]) / "prompts"
+while seen < 300:
+    for p in folder.glob("part-*.parquet"):
+        try:
+            n = pq.read_metadata(p).num_rows
+        except FileNotFoundError:
+            continue  # replaced between glob and open: fine, never partial
+        assert n in (1000, 2000), n
+        seen += 1
+print("ok", seen)
+"""
+
+
+def test_readers_never_see_partial_parts(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("prompts", "a", prompts(1000))
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(ws.root)], stdout=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        i = 0
+        while reader.poll() is None and time.time() < deadline:
+            ws.write_part("prompts", "a", prompts(2000 if i % 2 else 1000))
+            i += 1
+    out, _ = reader.communicate(timeout=60)
+    assert reader.returncode == 0 and out.startswith("ok"), out
