@@ -35,7 +35,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 SPLITS = ("train", "test")
-MAX_VALUE = 99  # every intermediate result stays <= 2 digits: learnable by a tiny char model
+# Small numbers keep the arithmetic learnable by a tiny character-level model
+# in a minute of CPU time; every intermediate result stays in 0..MAX_VALUE.
+MAX_VALUE = 60
+MAX_OPERAND = 20  # for +, - and the starting number
+MAX_FACTOR = 4  # for *
 # Probability of 1, 2 and 3 operations. The default keeps a tiny model near 50%.
 DEFAULT_MIX = (0.4, 0.35, 0.25)
 _TEST_BUCKETS = 10  # 1 in 10 questions belongs to the held-out split
@@ -119,7 +123,7 @@ def split_of(question: str) -> str:
 
 def random_problem(rng: random.Random, difficulty: int) -> Problem:
     """Draw one problem with ``difficulty`` operations; all values stay in 0..MAX_VALUE."""
-    cur = rng.randint(1, 30)
+    cur = rng.randint(1, MAX_OPERAND)
     start, ops = cur, []
     for _ in range(difficulty):
         choices = ["+", "-"]
@@ -127,13 +131,13 @@ def random_problem(rng: random.Random, difficulty: int) -> Problem:
             choices.append("*")
         op = rng.choice(choices)
         if op == "+":
-            b = rng.randint(1, min(30, MAX_VALUE - cur)) if cur < MAX_VALUE else 0
+            b = rng.randint(1, min(MAX_OPERAND, MAX_VALUE - cur)) if cur < MAX_VALUE else 0
             if b == 0:  # cannot add at the ceiling; subtract instead
                 op = "-"
         elif op == "*":
-            b = rng.randint(2, min(5, MAX_VALUE // cur))
+            b = rng.randint(2, min(MAX_FACTOR, MAX_VALUE // cur))
         if op == "-":
-            b = rng.randint(min(1, cur), min(30, cur))  # never below zero
+            b = rng.randint(min(1, cur), min(MAX_OPERAND, cur))  # never below zero
         ops.append((op, b))
         cur = _OP_FUNCS[op](cur, b)
     return Problem(start=start, ops=tuple(ops))
@@ -159,17 +163,22 @@ def generate(split: str, n: int, seed: int = 0,
     levels = list(range(1, len(mix) + 1))
     seen: set[str] = set()
     out: list[Problem] = []
+    live = list(levels)  # levels that still have unseen questions
     while len(out) < n:
         level = rng.choices(levels, weights=mix)[0]
+        if level not in live:  # exhausted: fall back to the nearest harder/easier level
+            if not any(mix[lv - 1] > 0 for lv in live):
+                raise ValueError(f"ran out of distinct {split} problems after {len(out)}")
+            level = min((lv for lv in live if mix[lv - 1] > 0), key=lambda lv: abs(lv - level))
         # Redraw within the level, so duplicates do not skew the difficulty mix.
-        for _ in range(10_000):
+        for _ in range(5_000):
             p = random_problem(rng, level)
             q = p.question
             if (not unique or q not in seen) and split_of(q) == split:
                 break
         else:
-            raise ValueError(f"ran out of distinct {split} problems of difficulty {level} "
-                             f"after {len(out)}; lower n or the weight of that level")
+            live.remove(level)
+            continue
         seen.add(q)
         out.append(p)
     return out
