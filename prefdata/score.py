@@ -1,0 +1,349 @@
+"""Reference log-probs of every pair's chosen and rejected completions, stored in the pairs table.
+
+DPO needs log pi_ref(y | x) for both responses of every pair. Computing it once
+here (no grad) and storing it beside the pair means the trainer holds one model,
+not two. What is scored, and how:
+
+- prompt: the tokenizer's own chat template over the pair's `messages` (or one
+  user turn holding `prompt`), with `add_generation_prompt=True`;
+  completion: the response text + EOS. Only completion tokens are scored.
+- sequences are packed into rows of at most `batch_tokens` tokens (longest
+  first, first fit), each sequence restarting its `position_ids` at 0; with no
+  attention mask, transformers turns the position resets into a block-diagonal
+  causal mask, so packed sequences never see each other and no compute goes to
+  padding.
+- the model body runs to hidden states; the vocabulary projection and
+  log-softmax run on the completion positions only, `chunk_positions` at a
+  time, in fp32. The full (batch x length x vocab) logits never exist: a 150k
+  vocabulary at 8k completion tokens would be 5 GB of fp32 logits.
+
+The training loop uses the same functions (with gradients), so reference and
+policy log-probs are computed identically and the DPO margin starts at zero.
+
+>>> summary = score_pairs(ws, "prefdata/toy/weights/policy")  # doctest: +SKIP
+>>> summary["rows_scored"]                                     # doctest: +SKIP
+512
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from prefdata.errors import PrefdataError
+
+# Files that define a model's behaviour; anything else in the directory (READMEs,
+# training logs) must not change its hash.
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py")
+
+
+# -- model loading and identity -----------------------------------------------------------------
+def model_hash(path: str | Path) -> str:
+    """Content hash (16 hex) of a Hugging Face model directory: weights, config, tokenizer.
+
+    Uses `prefdata.generate.model_hash` when that module exists so candidates
+    and scores agree on a model's identity.
+    """
+    try:  # the generation stage owns model identity; fall back while it is absent
+        from prefdata.generate import model_hash as generate_model_hash  # type: ignore
+    except ImportError:
+        generate_model_hash = None
+    if generate_model_hash is not None:
+        return generate_model_hash(path)
+    root = Path(path)
+    if not root.is_dir():
+        raise PrefdataError(f"model directory {root} does not exist",
+                            "pass a local Hugging Face model directory (config.json + weights)")
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def pick_device(device: str | None = None):
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(path: str | Path, device=None):
+    """(model, tokenizer) from a local HF directory; weights in fp32 (bf16 comes from autocast)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise PrefdataError(f"{path} is not a Hugging Face model directory (no config.json)",
+                            "pass the directory that holds config.json, weights and tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(pick_device(device)), tokenizer
+
+
+# -- tokenisation -------------------------------------------------------------------------------
+def prompt_ids(tokenizer, prompt: str, messages: list[dict] | None) -> list[int]:
+    """Token ids of the prompt rendered by the tokenizer's chat template, ready for the answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PrefdataError("the model's tokenizer has no chat template",
+                            "use a chat model, or add a chat_template to its tokenizer_config.json")
+    conversation = list(messages) if messages else [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    # The template already holds BOS (if the model uses one); adding it again would double it.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer, response: str) -> list[int]:
+    """Token ids of the response followed by EOS: the model must also learn where to stop."""
+    if tokenizer.eos_token_id is None:
+        raise PrefdataError("the model's tokenizer has no EOS token", "set eos_token in its tokenizer config")
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+# -- packing ------------------------------------------------------------------------------------
+def pack(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows of at most `row_tokens` tokens.
+
+    Longest first, first fit; a sequence longer than `row_tokens` gets a row of
+    its own. Deterministic for equal input.
+
+    >>> pack([5, 3, 4, 2], 8)
+    [[0, 1], [2, 3]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(row_tokens - lengths[i])
+    return rows
+
+
+@dataclass
+class Packed:
+    """Sequences laid out in rows: inputs for the model body, and where the completion targets are."""
+
+    input_ids: "torch.Tensor"      # (rows, length) long
+    position_ids: "torch.Tensor"   # (rows, length) long; restarts at 0 for each sequence
+    source: "torch.Tensor"         # (n_targets,) flat index into rows*length of the predicting position
+    targets: "torch.Tensor"        # (n_targets,) token id predicted there
+    segment: "torch.Tensor"        # (n_targets,) which input sequence the target belongs to
+    counts: "torch.Tensor"         # (n_sequences,) completion tokens per sequence
+    n_sequences: int
+
+
+def packed_batch(sequences: Sequence[tuple[list[int], list[int]]], row_tokens: int,
+                 pad_id: int, device=None) -> Packed:
+    """Pack (prompt_ids, completion_ids) sequences into one model input.
+
+    Padding (only at the end of rows shorter than the longest row) gets its own
+    position run 0..k, so it is a separate block that nothing attends to.
+    """
+    import torch
+
+    lengths = [len(p) + len(c) for p, c in sequences]
+    rows = pack(lengths, row_tokens)
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    source, targets, segment = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            prompt, completion = sequences[i]
+            n = lengths[i]
+            ids[r, at:at + n] = torch.tensor(prompt + completion)
+            pos[r, at:at + n] = torch.arange(n)
+            # The token at offset len(prompt)+j is predicted by the hidden state one before it.
+            first = r * width + at + len(prompt) - 1
+            source.extend(range(first, first + len(completion)))
+            targets.extend(completion)
+            segment.extend([i] * len(completion))
+            at += n
+        pos[r, at:] = torch.arange(width - at)
+    counts = torch.tensor([len(c) for _, c in sequences], dtype=torch.long)
+    as_long = dict(dtype=torch.long, device=device)
+    return Packed(ids.to(device), pos.to(device), torch.tensor(source, **as_long),
+                  torch.tensor(targets, **as_long), torch.tensor(segment, **as_long),
+                  counts.to(device), len(sequences))
+
+
+# -- log-probs ----------------------------------------------------------------------------------
+def _chunk_logps(hidden, weight, bias, targets, softcap):
+    """log p(target) for a chunk of positions; fp32 even under autocast (bf16 logits lose ~0.1 nats)."""
+    import torch
+
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = hidden.float() @ weight.float().T
+        if bias is not None:
+            logits = logits + bias.float()
+        if softcap:  # Gemma-2 style final logit soft-capping
+            logits = softcap * torch.tanh(logits / softcap)
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def sequence_logps(model, batch: Packed, chunk_positions: int = 1024):
+    """Summed completion log-prob per sequence, shape (n_sequences,), fp64.
+
+    Token log-probs are fp32; their sum is fp64 because an 8k-token response sums
+    to thousands of nats, where fp32 rounding alone is ~1e-3.
+
+    Differentiable when grad is enabled: each chunk is checkpointed, so backward
+    recomputes its logits instead of keeping (completion tokens x vocab) alive.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    hidden = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                              use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.source)
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    scale = getattr(model.config, "logits_scaling", None) or 1.0  # Granite divides logits
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk_positions):
+        h = hidden[start:start + chunk_positions] / scale
+        t = batch.targets[start:start + chunk_positions]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logps, h, head.weight, head.bias, t, softcap,
+                                     use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(h, head.weight, head.bias, t, softcap))
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(batch.n_sequences, dtype=torch.float64, device=token_logps.device)
+    return sums.index_add(0, batch.segment, token_logps.double())
+
+
+def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[int]]],
+                    batch_tokens: int = 4096, chunk_positions: int = 1024, bf16: bool = False,
+                    on_batch: Callable[[int], None] | None = None) -> list[float]:
+    """Summed completion log-prob of each (prompt_ids, completion_ids), no grad, in input order.
+
+    Sequences are sorted by length and cut into groups of about `batch_tokens`
+    tokens; each group is one packed forward.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
+    out = [math.nan] * len(sequences)
+    group: list[int] = []
+    used = 0
+    was_training = model.training
+    model.eval()
+
+    def flush():
+        batch = packed_batch([sequences[i] for i in group], batch_tokens, pad, device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            sums = sequence_logps(model, batch, chunk_positions).tolist()
+        for i, value in zip(group, sums):
+            out[i] = value
+        if on_batch:
+            on_batch(len(group))
+
+    for i in order:
+        n = len(sequences[i][0]) + len(sequences[i][1])
+        if group and used + n > batch_tokens:
+            flush()
+            group, used = [], 0
+        group.append(i)
+        used += n
+    if group:
+        flush()
+    model.train(was_training)
+    return out
+
+
+# -- the stage ----------------------------------------------------------------------------------
+def _messages(value) -> list[dict] | None:
+    return [dict(m) for m in value] if value else None
+
+
+def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_tokens: int = 4096,
+                chunk_positions: int = 1024, device: str | None = None, bf16: bool | None = None,
+                progress: Callable[[str], None] | None = None) -> dict:
+    """Fill the reference log-prob columns of the pairs table under the model at `model_path`.
+
+    Each pairs part is rewritten atomically with `ref_chosen_logp`,
+    `ref_rejected_logp` (sums over completion tokens), `ref_*_logp_mean` (per
+    token), `chosen_tokens`, `rejected_tokens` and `ref_model_hash` filled.
+    Resumable: a part whose selected rows already carry this model's hash is
+    skipped, so a killed run continues where it stopped.
+
+    `dataset` limits scoring to rows of that dataset (other rows are kept as
+    they are). `bf16` (default: on when on GPU) runs the body under bf16
+    autocast exactly as training does, so the initial DPO margin is zero.
+    Returns a summary dict; the manifest records it under stage "score".
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefdata.schemas import conform
+
+    say = progress or (lambda _msg: None)
+    ref_hash = model_hash(model_path)
+    started = time.time()
+    summary = {"model_path": str(model_path), "ref_model_hash": ref_hash, "dataset": dataset,
+               "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0}
+    with ws.writer():
+        model = tokenizer = None
+        for path in ws.parts("pairs"):
+            table = conform("pairs", pq.read_table(path))
+            selected = [dataset is None or d == dataset for d in table["dataset"].to_pylist()]
+            if not any(selected):
+                continue
+            hashes = table["ref_model_hash"].to_pylist()
+            if all(hashes[i] == ref_hash for i, s in enumerate(selected) if s):
+                summary["parts_skipped"] += 1
+                continue
+            if model is None:  # load lazily: a fully scored workspace costs no model load
+                model, tokenizer = load_model(model_path, device)
+                use_bf16 = bf16 if bf16 is not None else model.device.type == "cuda"
+                summary["bf16"] = use_bf16
+            rows = [i for i, s in enumerate(selected) if s]
+            prompts, messages = table["prompt"].to_pylist(), table["messages"].to_pylist()
+            sequences = []
+            for column in ("chosen", "rejected"):
+                texts = table[column].to_pylist()
+                for i in rows:
+                    sequences.append((prompt_ids(tokenizer, prompts[i], _messages(messages[i])),
+                                      completion_ids(tokenizer, texts[i])))
+            sums = score_sequences(model, tokenizer, sequences, batch_tokens, chunk_positions, use_bf16)
+            n = len(rows)
+            filled = {name: table[name].to_pylist() for name in (
+                "ref_chosen_logp", "ref_rejected_logp", "ref_chosen_logp_mean", "ref_rejected_logp_mean",
+                "chosen_tokens", "rejected_tokens", "ref_model_hash")}
+            for k, i in enumerate(rows):
+                for side, offset in (("chosen", 0), ("rejected", n)):
+                    tokens = len(sequences[offset + k][1])
+                    filled[f"ref_{side}_logp"][i] = sums[offset + k]
+                    filled[f"ref_{side}_logp_mean"][i] = sums[offset + k] / tokens
+                    filled[f"{side}_tokens"][i] = tokens
+                filled["ref_model_hash"][i] = ref_hash
+            for name, values in filled.items():
+                table = table.set_column(table.schema.get_field_index(name), name,
+                                         pa.array(values, table.schema.field(name).type))
+            key = path.name[len("part-"):-len(".parquet")]
+            ws.write_part("pairs", key, table)
+            summary["parts_scored"] += 1
+            summary["rows_scored"] += n
+            say(f"scored {n} pairs in part {key}")
+        summary["seconds"] = round(time.time() - started, 3)
+        ws.write_manifest("score", {k: v for k, v in summary.items() if k != "seconds"})
+    return summary

@@ -1,0 +1,106 @@
+"""score_pairs: packed, chunked reference log-probs equal a plain full-logits forward."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from prefdata.score import completion_ids, pack, prompt_ids, score_pairs  # noqa: E402
+from prefdata.store import Workspace  # noqa: E402
+
+
+def tiny_model_dir(root, seed=0):
+    """A random-init 2-layer Llama (hidden 128, 2 heads) + char tokenizer with chat template."""
+    from prefdata.toy.model import ToyModelConfig, build_model, save_model
+
+    model = build_model(ToyModelConfig(hidden_size=128, num_layers=2, num_heads=2,
+                                       intermediate_size=256), seed=seed)
+    with torch.no_grad():  # sharpen the random init so log-probs are not all ~ -log(V)
+        model.get_input_embeddings().weight.mul_(4)
+    return save_model(model, root, name="tiny")
+
+
+def pairs_table(dataset, n, offset=0, messages=False):
+    prompts = [f"What is {i} + {2 * i}?" for i in range(offset, offset + n)]
+    rows = {
+        "pair_id": [f"p{dataset}{i}" for i in range(n)], "prompt_id": [f"q{i}" for i in range(n)],
+        "dataset": [dataset] * n, "scenario": [int(dataset[-1])] * n, "kind": ["mixed"] * n,
+        "prompt": prompts,
+        "chosen": [f"{i}+{2 * i}={3 * i}. The answer is {3 * i}." * (1 + i % 3) for i in range(n)],
+        "rejected": [f"<<{i}>> Answer: {i}" for i in range(n)],
+        "chosen_candidate_id": ["c"] * n, "rejected_candidate_id": ["r"] * n,
+        "chosen_origin": ["policy"] * n, "rejected_origin": ["other"] * n,
+        "chosen_score": [1.0] * n, "rejected_score": [0.0] * n, "margin": [1.0] * n,
+        "judge_name": ["rule"] * n, "strategy": ["test"] * n,
+    }
+    if messages:
+        rows["messages"] = [[{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": p}] for p in prompts]
+    return pa.table(rows)
+
+
+def plain_logp(model, tokenizer, prompt, messages, response):
+    """The obvious way: full logits, log_softmax, gather, sum over the completion tokens."""
+    p = prompt_ids(tokenizer, prompt, messages)
+    c = completion_ids(tokenizer, response)
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logp = model(ids).logits.float().log_softmax(-1)[0, :-1]
+    token = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(p) - 1:]
+    return token.double().sum().item(), len(c)  # fp64 sum: compare token values, not rounding
+
+
+def test_pack_first_fit_longest_first():
+    assert pack([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
+    assert pack([10, 1], 4) == [[0], [1]]  # too long: a row of its own
+
+
+def test_score_equals_plain_forward_and_resumes(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tiny_model_dir(tmp_path / "model")
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("pairs", "scenario1", pairs_table("scenario1", 5))
+        ws.write_part("pairs", "scenario2", pairs_table("scenario2", 4, offset=7, messages=True))
+    # Small packs and chunks force several packed rows per forward and several vocab chunks.
+    summary = score_pairs(ws, model_dir, batch_tokens=96, chunk_positions=7, device="cpu")
+    assert summary["rows_scored"] == 9 and summary["parts_scored"] == 2
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    got = ws.read("pairs").to_pylist()
+    worst = 0.0
+    for row in got:
+        for side in ("chosen", "rejected"):
+            want, n = plain_logp(model, tokenizer, row["prompt"], row["messages"], row[side])
+            assert row[f"{side}_tokens"] == n
+            worst = max(worst, abs(row[f"ref_{side}_logp"] - want),
+                        abs(row[f"ref_{side}_logp_mean"] - want / n))
+        assert row["ref_model_hash"] == summary["ref_model_hash"]
+    print(f"max abs diff vs plain forward: {worst:.2e}")
+    assert worst < 1e-4
+
+    mtimes = [p.stat().st_mtime_ns for p in ws.parts("pairs")]
+    again = score_pairs(ws, model_dir, batch_tokens=96, device="cpu")
+    assert again["parts_skipped"] == 2 and again["rows_scored"] == 0
+    assert [p.stat().st_mtime_ns for p in ws.parts("pairs")] == mtimes
+    assert ws.manifest()["stages"]["score"]["config"]["ref_model_hash"] == summary["ref_model_hash"]
+
+
+def test_score_one_dataset_leaves_others_untouched(tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "model")
+    ws = Workspace.create(tmp_path / "ws")
+    mixed = pa.concat_tables([pairs_table("scenario1", 2), pairs_table("scenario4", 2, offset=3)])
+    with ws.writer():
+        ws.write_part("pairs", "mix", mixed)
+    summary = score_pairs(ws, model_dir, dataset="scenario4", device="cpu")
+    assert summary["rows_scored"] == 2
+    rows = ws.read("pairs").to_pylist()
+    assert [r["ref_model_hash"] is not None for r in rows] == [False, False, True, True]
+    # A different model re-scores; the same one skips.
+    assert score_pairs(ws, model_dir, dataset="scenario4", device="cpu")["parts_skipped"] == 1
+    other = tiny_model_dir(tmp_path / "other", seed=1)
+    assert score_pairs(ws, other, dataset="scenario4", device="cpu")["rows_scored"] == 2
