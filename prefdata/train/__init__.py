@@ -1,0 +1,1 @@
+"""Training: preference losses, the DPO/IPO training loop and its report."""
