@@ -29,6 +29,7 @@ PROMPT_COLUMNS = ("prompt", "question", "problem", "instruction", "query", "inpu
 SOLUTION_COLUMNS = ("reference_solution", "solution", "response", "output", "completion")
 ANSWER_COLUMNS = ("reference_answer", "final_answer", "answer", "target")
 MESSAGES_COLUMNS = ("messages", "conversation", "conversations", "chat")
+_SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
 _GSM8K_ANSWER = r"####\s*([^\n]*?)\s*$"
 # The last \boxed{...}, allowing braces nested two deep (\frac{a}{b} inside).
@@ -60,10 +61,13 @@ def map_columns(raw: RawSource, spec: SourceSpec) -> Mapped:
                                 "values, not text", "map a text column, or use --messages-column for chat messages")
 
     # TRL-style conversational data keeps the messages in a "prompt" column.
-    messages_col = spec.messages_column or _first(columns, MESSAGES_COLUMNS) or (
-        None if spec.prompt_column else _first([c for c in columns if c not in text_cols], PROMPT_COLUMNS))
+    # Auto-detection only picks nested columns: a text column named "chat" is
+    # not messages. An explicitly mapped text column may hold messages as JSON.
+    nested = [c for c in columns if c not in text_cols]
+    messages_col = spec.messages_column or _first(nested, MESSAGES_COLUMNS) or (
+        None if spec.prompt_column else _first(nested, PROMPT_COLUMNS))
     frame = pl.from_arrow(pa.table([table.column(c).cast(pa.large_string()) for c in text_cols],
-                                   names=text_cols))
+                                   names=text_cols)) if text_cols else pl.DataFrame(height=table.num_rows)
     preset = spec.preset or _detect(frame, spec, messages_col)
 
     prompt_col = spec.prompt_column or {"gsm8k": "question", "math": "problem"}.get(preset)
@@ -91,9 +95,11 @@ def map_columns(raw: RawSource, spec: SourceSpec) -> Mapped:
         answer = solution.str.extract_all(_BOXED).list.last().str.extract(_BOXED, 1)
     else:
         answer = pl.lit(None, dtype=pl.String)
-    out = frame.select(
+    # with_columns (not select) so that literal columns take the frame's height.
+    out = frame.with_columns(
         prompt=pl.col(prompt_col) if prompt_col else pl.lit(None, dtype=pl.String),
-        reference_solution=solution, reference_answer=answer)
+        reference_solution=solution, reference_answer=answer,
+    ).select("prompt", "reference_solution", "reference_answer")
 
     if messages_col is not None:
         out = pl.concat([out, _chat_columns(table, messages_col, raw)], how="horizontal")
@@ -151,15 +157,21 @@ def _chat_columns(table: pa.Table, col: str, raw: RawSource):
         dtype = frame.schema[col]
     inner = getattr(dtype, "inner", None)
     fields = {f.name for f in getattr(inner, "fields", [])}
-    if not isinstance(dtype, pl.List) or not {"role", "content"} <= fields:
+    el = pl.element().struct
+    if isinstance(dtype, pl.List) and {"role", "content"} <= fields:
+        turn = pl.struct(role=el.field("role").cast(pl.String), content=el.field("content").cast(pl.String))
+    elif isinstance(dtype, pl.List) and {"from", "value"} <= fields:  # ShareGPT: {from: human|gpt, value}
+        turn = pl.struct(role=el.field("from").cast(pl.String).replace(_SHAREGPT_ROLES),
+                         content=el.field("value").cast(pl.String))
+    else:
         raise PrefdataError(f"column {col!r} in {raw.origin} is {dtype}, not a list of {{role, content}} messages",
                             "map a messages column with --messages-column, or a text column with --prompt-column")
     m = pl.col(col)
-    turn = pl.struct(role=pl.element().struct.field("role").cast(pl.String),
-                     content=pl.element().struct.field("content").cast(pl.String))
-    last = m.list.eval(pl.element().struct.field("role").eq("user").arg_true()).list.last()
-    frame = frame.select(m.list.eval(turn).alias("m"), last.alias("last"))
-    m, last = pl.col("m"), pl.col("last")
+    frame = frame.select(m.list.eval(turn).alias("m"))
+    m = pl.col("m")
+    frame = frame.with_columns(
+        last=m.list.eval(pl.element().struct.field("role").eq("user").arg_true()).list.last())
+    last = pl.col("last")
     nxt = m.list.get(last + 1, null_on_oob=True)
     kept = pl.when(last.is_null()).then(m).otherwise(m.list.head(last + 1))
     return frame.select(
