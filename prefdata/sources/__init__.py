@@ -7,12 +7,22 @@
 
 Modules: `spec` (SourceSpec, SourceStats), `readers` (find and read a split),
 `mapping` (columns and presets), `ids` (prompt_id normalisation), `load`.
-Polars and datasets are imported inside functions so importing this package
-stays cheap for the CLI.
+Importing this package loads only `spec` (no pyarrow, polars or datasets), so
+the CLI can build a SourceSpec while parsing options and stay fast; the rest
+is imported on first use of `load_prompts`, `prompt_id` or `normalise`.
 """
 
-from prefdata.sources.ids import normalise, prompt_id
-from prefdata.sources.load import load_prompts
 from prefdata.sources.spec import FORMATS, PRESETS, SourceSpec, SourceStats
 
 __all__ = ["FORMATS", "PRESETS", "SourceSpec", "SourceStats", "load_prompts", "normalise", "prompt_id"]
+
+_LAZY = {"load_prompts": "prefdata.sources.load", "normalise": "prefdata.sources.ids",
+         "prompt_id": "prefdata.sources.ids"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prefdata.sources' has no attribute {name!r}")

@@ -69,10 +69,9 @@ def _source_name(path: Path) -> str:
     """
     path = path.resolve()
     if path.is_file():
-        stem = path.name.split(".")[0]
         if _split_of(path) in SPLIT_NAMES:
             return path.parent.name if path.parent.name != "data" else path.parent.parent.name
-        return stem
+        return path.stem
     return path.name
 
 
