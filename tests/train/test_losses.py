@@ -219,7 +219,7 @@ BETA, EPS, ALPHA = 0.3, 0.2, 0.7
 @pytest.fixture(scope="module")
 def world():
     """A char tokenizer, two different random Llamas (policy, reference) and a 4-pair dataset."""
-    trl = pytest.importorskip("trl")  # a dev dependency; installed in CI by scripts/install.sh --dev
+    import trl  # a dev dependency (scripts/install.sh --dev); fail, never skip, when it is missing
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
