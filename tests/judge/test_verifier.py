@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from prefdata.judge.base import JudgeItem
+from prefdata.judge.pool import TimeoutPool
+from prefdata.judge.verifier import RuleVerifier, VerifierConfig, extract_answer, plain_number
+from tests.judge.helpers import slow_check
+
+REF = "We compute 12 + 7 = 19.\nThen 19 * 3 = 57.\n#### 57"
+
+
+def item(response, reference_solution=REF, reference_answer=None, cid="c"):
+    return JudgeItem(cid, "p", "What is (12 + 7) * 3?", response, reference_solution, reference_answer)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("We compute 2 + 3 = 5.\n#### 5", "5"),
+    ("#### 1,234", "1,234"),
+    ("12+7=19, 19*3=57. The answer is 57.", "57"),
+    ("<<12+7=19>> <<19*3=57>> Answer: 57", "57"),
+    ("the answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    # the last anchor wins: solutions restate intermediate answers
+    ("The answer is 3. Wait, no.\nThe answer is 4.", "4"),
+    # GSM8K marker outranks phrases, wherever they are
+    ("#### 9\nThe answer is 8.", "9"),
+    ("12 + 7 = 19", None),
+    ("", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_plain_number():
+    assert plain_number("1,234.50") == plain_number("1234.5")
+    assert plain_number("-3") == -3
+    assert plain_number("\\frac{1}{2}") is None
+    assert plain_number("1,23") is None  # not a thousands grouping
+
+
+def test_toy_styles_and_outcomes():
+    items = [
+        item("12+7=19, 19*3=57. The answer is 57."),           # policy style, right
+        item("<<12+7=19>> <<19*3=57>> Answer: 56"),             # other style, wrong
+        item(REF),                                              # the reference judged like a candidate
+        item("x = \\frac{1}{2}", None, "0.5"),                  # math-verify path, right
+        item("so we get 57", None, "57"),                       # no anchor: last expression
+        item("I do not know.", None, "57"),                     # no answer at all
+        item("The answer is 3.", None, "not a number"),         # reference unparsable
+        item("The answer is 3.", None, None),                   # no reference at all
+    ]
+    with RuleVerifier(VerifierConfig(workers=1)) as verifier:
+        verdicts = verifier.judge(items)
+    assert [(v.score, v.correct, v.status) for v in verdicts] == [
+        (1.0, True, "ok"), (0.0, False, "ok"), (1.0, True, "ok"), (1.0, True, "ok"), (1.0, True, "ok"),
+        (None, None, "unverifiable"), (None, None, "unverifiable"), (None, None, "unverifiable"),
+    ]
+    assert "no answer" in verdicts[5].raw_output
+    assert "reference unparsable" in verdicts[6].raw_output
+    assert all(v.raw_output for v in verdicts)
+
+
+def test_fast_path_and_cache_avoid_the_pool():
+    with RuleVerifier(VerifierConfig(workers=1)) as verifier:
+        items = [item(f"The answer is {i % 60}.", cid=str(i)) for i in range(5000)]
+        start = time.perf_counter()
+        verdicts = verifier.judge(items)
+        elapsed = time.perf_counter() - start
+        assert sum(v.correct for v in verdicts) == sum(1 for i in range(5000) if i % 60 == 57)
+        assert verifier._pool is None  # plain numbers never start a worker
+        assert verifier.stats["fast_path"] == 60 and verifier.stats["cache_hits"] == 4940
+    assert elapsed < 2.0
+
+
+def test_timeout_is_per_item_and_pool_recovers():
+    config = VerifierConfig(workers=1, timeout_s=1.0, chunk_size=4)
+    with RuleVerifier(config, check_fn=slow_check) as verifier:
+        items = [item("x = \\frac{1}{2}", None, "0.5", cid="a"),
+                 item("The answer is SLEEP", None, "0.5", cid="b"),
+                 item("x = \\frac{2}{4}", None, "0.5", cid="c"),
+                 item("The answer is CRASH", None, "0.5", cid="d")]
+        start = time.perf_counter()
+        verdicts = verifier.judge(items)
+        assert time.perf_counter() - start < 30  # the sleeping item did not hold the pool for 60 s
+    assert [v.status for v in verdicts] == ["ok", "timeout", "ok", "unverifiable"]
+    assert verdicts[1].score is None and verdicts[1].correct is None
+    assert verdicts[2].correct is True  # re-queued onto a fresh worker after the kill
+    assert "boom" in verdicts[3].raw_output
+    assert verifier.stats["timeouts"] == 1
+
+
+def test_pool_keeps_input_order_with_two_workers():
+    with TimeoutPool(slow_check, workers=2, timeout_s=30, chunk_size=3) as pool:
+        out = pool.map([(str(i), str(i % 2)) for i in range(10)])
+    assert [status for status, _ in out] == ["ok"] * 10
+    assert [value[1] for _, value in out] == [i % 2 == i for i in range(10)]
