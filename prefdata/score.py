@@ -27,7 +27,6 @@ policy log-probs are computed identically and the DPO margin starts at zero.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -36,37 +35,12 @@ from typing import Callable, Sequence
 
 from prefdata.errors import PrefdataError
 
-# Files that define a model's behaviour; anything else in the directory (READMEs,
-# training logs) must not change its hash.
-_MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py")
-
-
 # -- model loading and identity -----------------------------------------------------------------
 def model_hash(path: str | Path) -> str:
-    """Content hash (16 hex) of a Hugging Face model directory: weights, config, tokenizer.
+    """Content hash of a model directory; the generate stage's, so candidates and scores agree."""
+    from prefdata.generate.model import model_hash as generate_model_hash
 
-    Uses `prefdata.generate.model_hash` when that module exists so candidates
-    and scores agree on a model's identity.
-    """
-    try:  # the generation stage owns model identity; fall back while it is absent
-        from prefdata.generate import model_hash as generate_model_hash  # type: ignore
-    except ImportError:
-        generate_model_hash = None
-    if generate_model_hash is not None:
-        return generate_model_hash(path)
-    root = Path(path)
-    if not root.is_dir():
-        raise PrefdataError(f"model directory {root} does not exist",
-                            "pass a local Hugging Face model directory (config.json + weights)")
-    digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    for file in files:
-        digest.update(str(file.relative_to(root)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return generate_model_hash(path)
 
 
 def pick_device(device: str | None = None):
@@ -94,11 +68,12 @@ def load_model(path: str | Path, device=None):
 # -- tokenisation -------------------------------------------------------------------------------
 def prompt_ids(tokenizer, prompt: str, messages: list[dict] | None) -> list[int]:
     """Token ids of the prompt rendered by the tokenizer's chat template, ready for the answer."""
-    if not getattr(tokenizer, "chat_template", None):
+    from prefdata.generate.model import chat_template, render
+
+    if not chat_template(tokenizer):
         raise PrefdataError("the model's tokenizer has no chat template",
                             "use a chat model, or add a chat_template to its tokenizer_config.json")
-    conversation = list(messages) if messages else [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    text = render(tokenizer, list(messages) if messages else [{"role": "user", "content": prompt}])
     # The template already holds BOS (if the model uses one); adding it again would double it.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -11,6 +11,15 @@ from prefdata.score import completion_ids, pack, prompt_ids, score_pairs  # noqa
 from prefdata.store import Workspace  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on 2 shared cores: a second intra-op thread only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model_dir(root, seed=0):
     """A random-init 2-layer Llama (hidden 128, 2 heads) + char tokenizer with chat template."""
     from prefdata.toy.model import ToyModelConfig, build_model, save_model

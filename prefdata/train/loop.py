@@ -1,0 +1,317 @@
+"""The training loop: DPO and its relatives on one dataset of the pairs table.
+
+Read it top to bottom: load the pairs, load ONE model (the reference log-probs
+are already stored in the pairs, so no second model is needed), then
+for each optimizer step: take the next pairs in a seeded order, run
+`grad_accum` packed micro-batches forward and backward, clip, step; every
+`eval_every` steps measure the fixed eval subset (report.py); every
+`checkpoint_every` steps save everything a resume needs. At the end write a
+Hugging Face model directory and the report.
+
+Exactness of resume: the data order of epoch e is a pure function of
+(seed, e), the learning rate a pure function of the step, and a checkpoint
+holds model, optimizer, RNG states, the step and the measurement history. So
+"4 steps" and "2 steps, killed, resumed for 2" give the same weights.
+
+>>> from prefdata.train.config import TrainConfig
+>>> result = train(ws, TrainConfig(dataset="scenario2", model_path="prefdata/toy/weights/policy",
+...                                lr=1e-4, max_steps=100))       # doctest: +SKIP
+>>> result["table1"]["chosen"]                                     # doctest: +SKIP
+{'before': -0.41, 'after': -0.52, 'delta': -0.11}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from prefdata.errors import PrefdataError, TrainingDiverged
+from prefdata.train.config import TrainConfig
+
+CHECKPOINTS = "checkpoints"
+
+
+def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None,
+          on_step: Callable[[int, dict], None] | None = None,
+          progress: Callable[[str], None] | None = None) -> dict:
+    """Train `cfg.model_path` on the pairs of `cfg.dataset`; returns the report dict.
+
+    Writes `config.json`, `log.jsonl`, `checkpoints/`, `model/` (HF format) and
+    the report (`report.json`, `report.txt`, `report.png`) to `cfg.run_dir(ws)`.
+    Resumes from the newest checkpoint there when `cfg.resume`. `verify(text,
+    reference_answer) -> bool` grades greedy answers to held-out prompts
+    (default: the toy task's answer extraction). `on_step(step, metrics)` is
+    called after every optimizer step (and after its checkpoint).
+    Raises `TrainingDiverged` on a NaN/inf loss or gradient.
+    """
+    import torch
+
+    from prefdata.score import load_model, model_hash, packed_batch, pick_device, sequence_logps
+    from prefdata.train import report
+    from prefdata.train.losses import compute_loss
+
+    say = progress or (lambda _msg: None)
+    started = time.time()
+    run_dir = cfg.run_dir(ws)
+    ckpt_dir = run_dir / CHECKPOINTS
+    device = pick_device(cfg.device)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    if bf16 and device.type != "cuda":
+        raise PrefdataError("bf16 training needs a CUDA GPU", "leave bf16 off on CPU (fp32 is used)")
+
+    # ---- the pairs: scored by this very model, tokenised exactly as score.py did ----------------
+    pairs = _load_pairs(ws, cfg.dataset)
+    ref_hash = model_hash(cfg.model_path)
+    scored_by = set(pairs["ref_model_hash"])
+    if scored_by != {ref_hash}:
+        raise PrefdataError(
+            f"pairs of {cfg.dataset!r} were scored by model {sorted(map(str, scored_by))}, "
+            f"not by {cfg.model_path} ({ref_hash}); DPO's reference must be the starting policy",
+            f"run `prefdata score` with {cfg.model_path} first, or train the model that scored them")
+    model, tokenizer = load_model(cfg.model_path, device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = report.tokenize_pairs(tokenizer, pairs)
+    keep = [i for i in range(len(data["chosen"]))
+            if max(len(data["prompt"][i]) + len(data["chosen"][i]),
+                   len(data["prompt"][i]) + len(data["rejected"][i])) <= cfg.max_length]
+    dropped = len(data["chosen"]) - len(keep)
+    if not keep:
+        raise PrefdataError(f"every pair of {cfg.dataset!r} is longer than max_length={cfg.max_length}",
+                            "raise max_length")
+    if dropped:
+        say(f"left out {dropped} pairs longer than max_length={cfg.max_length} tokens")
+    prompts = [data["prompt"][i] for i in keep]
+    chosen = [data["chosen"][i] for i in keep]
+    rejected = [data["rejected"][i] for i in keep]
+    as64 = dict(dtype=torch.float64, device=device)
+    ref_chosen = torch.tensor([pairs["ref_chosen_logp"][i] for i in keep], **as64)
+    ref_rejected = torch.tensor([pairs["ref_rejected_logp"][i] for i in keep], **as64)
+    n_chosen = torch.tensor([len(c) for c in chosen], device=device)
+    n_rejected = torch.tensor([len(r) for r in rejected], device=device)
+    n = len(keep)
+    pair_digest = hashlib.sha256("\n".join(pairs["pair_id"][i] for i in keep).encode()).hexdigest()[:16]
+
+    # ---- schedule: data order and learning rate are pure functions of the step ------------------
+    steps_per_epoch = math.ceil(n / cfg.pairs_per_step)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+
+    def batch_at(step: int) -> list[int]:
+        epoch, j = divmod(step, steps_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        return order[j * cfg.pairs_per_step:(j + 1) * cfg.pairs_per_step].tolist()
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.schedule == "cosine":
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        if cfg.schedule == "linear":
+            return cfg.lr * (1 - frac)
+        return cfg.lr
+
+    def policy_logps(idx: list[int]):
+        """Summed completion log-probs (fp64) of chosen and rejected of pairs `idx`, one packed forward."""
+        seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
+        batch = packed_batch(seqs, cfg.max_length, pad_id, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            sums = sequence_logps(model, batch, cfg.chunk_positions)
+        return sums[:len(idx)], sums[len(idx):]
+
+    def loss_of(idx: list[int], detach: str | None = None):
+        pc, pr = policy_logps(idx)
+        # detach one side to get the gradient through the other alone (report's gradient probe)
+        pc, pr = (pc.detach() if detach == "chosen" else pc), (pr.detach() if detach == "rejected" else pr)
+        t = torch.tensor(idx, device=device)
+        return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t])
+
+    # ---- optimizer, and resume -------------------------------------------------------------------
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: dict = {"train": [], "eval": [], "grads": [], "before": {}}
+    step = 0
+    checkpoint = _latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        changed = cfg.differences(TrainConfig.from_dict(state["config"]))
+        if changed or state["pair_digest"] != pair_digest:
+            what = ", ".join(changed) if changed else "the pairs of the dataset"
+            raise PrefdataError(f"{run_dir} holds a run with different {what}",
+                                "pass the same options to resume it, resume=False to start over, "
+                                "or another output directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng(state["rng"])
+        step, history = state["step"], json.loads(state["history"])
+        say(f"resumed {run_dir.name} at step {step} from {checkpoint.name}")
+        # drop log lines of steps after the checkpoint: they are about to be redone
+        (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history["train"]))
+        if step == total_steps and (run_dir / "report.json").is_file() and (run_dir / "model").is_dir():
+            return json.loads((run_dir / "report.json").read_text())  # finished already
+    else:
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # resume=False: start over, never mix two runs' checkpoints
+        ckpt_dir.mkdir(parents=True)
+        (run_dir / "log.jsonl").write_text("")
+        torch.manual_seed(cfg.seed)  # only dropout draws from it (the toy has none); resume restores it
+    (run_dir / "config.json").write_text(cfg.to_json())
+
+    evalset = report.build_evalset(ws, cfg, tokenizer, pairs, keep, data)
+    if step == 0:
+        say(f"measuring the base model on {len(evalset.eval_idx)} eval pairs")
+        history["before"] = report.measure(model, tokenizer, evalset, cfg, bf16)
+        history["before"]["accuracy"] = report.accuracy(model, tokenizer, evalset, cfg, verify, bf16)
+        history["eval"].append({"step": 0, **history["before"]})
+        history["grads"].append({"step": 0, **report.gradient_norms(model, loss_of, evalset)})
+
+    # ---- the loop --------------------------------------------------------------------------------
+    say(f"training {cfg.run_name}: {n} pairs, {total_steps} steps of {cfg.pairs_per_step} pairs, "
+        f"{device.type}{' bf16' if bf16 else ''}")
+    model.train()
+    while step < total_steps:
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_at(step)
+        loss_sum, chosen_rewards, rejected_rewards = 0.0, [], []
+        for start in range(0, len(batch), cfg.batch_size):
+            micro = batch[start:start + cfg.batch_size]
+            out = loss_of(micro)
+            if not torch.isfinite(out.loss):
+                _diverged(f"loss is {out.loss.item()}", step + 1, ckpt_dir)
+            # per-pair losses summed over the whole step's pairs: accumulation equals one big batch
+            (out.losses.sum() / len(batch)).backward()
+            loss_sum += out.losses.detach().sum().item()
+            chosen_rewards.append(out.chosen_rewards)
+            rejected_rewards.append(out.rejected_rewards)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+        if not torch.isfinite(grad_norm):
+            _diverged(f"gradient norm is {grad_norm.item()}", step + 1, ckpt_dir)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        rc, rr = torch.cat(chosen_rewards), torch.cat(rejected_rewards)
+        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "lr": lr,
+                  "loss": loss_sum / len(batch), "grad_norm": grad_norm.item(),
+                  "chosen_reward": rc.mean().item(), "rejected_reward": rr.mean().item(),
+                  "reward_accuracy": (rc > rr).double().mean().item(), "seconds": time.time() - started}
+        history["train"].append(record)
+        with open(run_dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+            history["eval"].append({"step": step, **report.measure(model, tokenizer, evalset, cfg, bf16)})
+            history["grads"].append({"step": step, **report.gradient_norms(model, loss_of, evalset)})
+            model.train()
+            say(f"step {step}/{total_steps} loss {record['loss']:.4f} "
+                f"chosen {history['eval'][-1]['chosen']:.3f} rejected {history['eval'][-1]['rejected']:.3f}")
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
+            _save_checkpoint(ckpt_dir, step, cfg, model, optimizer, history, pair_digest)
+        if on_step:
+            on_step(step, record)
+
+    # ---- the result: Table 1 over all pairs, held-out accuracy, the HF model, the report --------
+    model.eval()
+    after = report.table1_after(model, tokenizer, prompts, chosen, rejected, cfg, bf16)
+    before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
+              "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
+    final = {**history["eval"][-1], "accuracy": report.accuracy(model, tokenizer, evalset, cfg, verify, bf16)}
+    _save_hf_model(model, tokenizer, cfg.model_path, run_dir / "model")
+    result = report.assemble(cfg, history, final, before, after, evalset,
+                             {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
+                              "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
+                              "seconds": round(time.time() - started, 2)})
+    report.write_report(run_dir, result)
+    say(report.format_run(result))
+    return result
+
+
+def _load_pairs(ws, dataset: str) -> dict:
+    """The dataset's pairs as column lists, checked to carry reference log-probs."""
+    import pyarrow.compute as pc
+
+    table = ws.read("pairs")
+    subset = table.filter(pc.equal(table["dataset"], dataset))
+    if subset.num_rows == 0:
+        known = sorted(set(table["dataset"].to_pylist()))
+        raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
+                            f"choose one of: {', '.join(known)}" if known else "build pairs first")
+    missing = subset["ref_chosen_logp"].null_count + subset["ref_rejected_logp"].null_count
+    if missing:
+        raise PrefdataError(f"{missing} log-probs of {dataset!r} pairs are not scored yet",
+                            "run `prefdata score` on the workspace first")
+    return subset.to_pydict()
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, cfg: TrainConfig, model, optimizer, history: dict,
+                     pair_digest: str) -> Path:
+    """Everything a resume needs, in one file written atomically; keeps the newest few."""
+    import torch
+
+    path = ckpt_dir / f"step-{step:08d}.pt"
+    tmp = ckpt_dir / f".{path.name}.tmp"
+    # history as JSON text: the checkpoint then loads with weights_only=True (no pickled objects)
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(), "history": json.dumps(history), "config": cfg.to_dict(),
+                "pair_digest": pair_digest}, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-cfg.keep_checkpoints or None]:
+        old.unlink()
+    return path
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(ckpt_dir.glob("step-*.pt")) if ckpt_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def _diverged(what: str, step: int, ckpt_dir: Path):
+    last = _latest_checkpoint(ckpt_dir)
+    kept = (f"the last good checkpoint {last} is kept (resume from it with a lower learning rate)"
+            if last else "no checkpoint was written yet; the input model is unchanged")
+    raise TrainingDiverged(f"training diverged at step {step}: {what}; {kept}",
+                           "lower lr or beta, raise warmup_steps, or set max_grad_norm")
+
+
+def _save_hf_model(model, tokenizer, source: str, out: Path) -> None:
+    """A Hugging Face model directory like the input: same dtype, tokenizer and generation config."""
+    import torch
+
+    source_config = json.loads((Path(source) / "config.json").read_text())
+    dtype = getattr(torch, str(source_config.get("dtype") or source_config.get("torch_dtype") or "float32"))
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)  # readers see the old model or the new one, never half of one

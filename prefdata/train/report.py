@@ -1,0 +1,344 @@
+"""What training did to the model, per dataset: the study's Table 1 and the measures around it.
+
+- Table 1: mean per-token log-prob of chosen and of rejected responses, over
+  all trained pairs, under the base model (the stored reference log-probs) and
+  after training. "Mean per-token" = the mean over pairs of (summed log-prob /
+  completion tokens), so a long response does not outweigh a short one.
+- trajectories: the same two numbers on a fixed, seeded subset of pairs, every
+  `eval_every` steps.
+- gradient magnitudes: on a fixed probe batch, the L2 norm over all parameters
+  of the loss gradient that flows through the chosen log-probs alone and
+  through the rejected ones alone (the other side detached). The study's
+  point: DPO pushes the rejected side much harder than it lifts the chosen one.
+- dispersion: mean per-token log-prob of responses that are in no pair (other
+  candidates of the same prompts, unused reference solutions, reference
+  solutions of held-out prompts), before vs after: when chosen and rejected
+  both fall, the mass goes somewhere; this shows whether it goes to them.
+- held-out accuracy: greedy answers to held-out prompts, graded by
+  `verify(text, reference_answer)`, before and after.
+
+Written to `WORKSPACE/runs/<dataset>-<loss>/` as report.txt, report.json, report.png;
+`combined_report(ws)` lays all runs side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from prefdata.errors import PrefdataError
+
+
+# -- evaluation data ----------------------------------------------------------------------------
+def tokenize_pairs(tokenizer, pairs: dict) -> dict:
+    """Prompt / chosen / rejected token ids of every pair, exactly as score.py built them."""
+    from prefdata.score import completion_ids, prompt_ids
+
+    out = {"prompt": [], "chosen": [], "rejected": []}
+    for i, prompt in enumerate(pairs["prompt"]):
+        messages = [dict(m) for m in pairs["messages"][i]] if pairs["messages"][i] else None
+        out["prompt"].append(prompt_ids(tokenizer, prompt, messages))
+        for side in ("chosen", "rejected"):
+            ids = completion_ids(tokenizer, pairs[side][i])
+            if pairs[f"{side}_tokens"][i] is not None and len(ids) != pairs[f"{side}_tokens"][i]:
+                raise PrefdataError(f"pair {pairs['pair_id'][i]} tokenises to {len(ids)} {side} tokens, "
+                                    f"but was scored with {pairs[f'{side}_tokens'][i]}",
+                                    "re-run `prefdata score` with the model being trained")
+            out[side].append(ids)
+    return out
+
+
+@dataclass
+class EvalSet:
+    """The fixed things measured during and after training (indices into the trained pairs)."""
+
+    eval_idx: list[int]
+    probe_idx: list[int]
+    eval_chosen: list[tuple[list[int], list[int]]]
+    eval_rejected: list[tuple[list[int], list[int]]]
+    heldout: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    heldout_origin: list[str] = field(default_factory=list)
+    prompts: list[tuple[list[int], str]] = field(default_factory=list)  # (prompt ids, reference answer)
+
+
+def build_evalset(ws, cfg, tokenizer, pairs: dict, keep: list[int], data: dict) -> EvalSet:
+    """Seeded eval subset and probe of the trained pairs, unpaired responses and held-out prompts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from prefdata.score import completion_ids, prompt_ids
+
+    rng = random.Random(f"prefdata-eval/{cfg.seed}")
+    eval_idx = sorted(rng.sample(range(len(keep)), min(len(keep), max(cfg.eval_pairs, cfg.probe_pairs))))
+    evalset = EvalSet(
+        eval_idx=eval_idx, probe_idx=eval_idx[:cfg.probe_pairs],
+        eval_chosen=[(data["prompt"][keep[i]], data["chosen"][keep[i]]) for i in eval_idx],
+        eval_rejected=[(data["prompt"][keep[i]], data["rejected"][keep[i]]) for i in eval_idx])
+
+    # Unpaired responses. Their prompt rendering comes from the pairs (same prompt id, same text).
+    prompt_of = {pid: data["prompt"][i] for i, pid in enumerate(pairs["prompt_id"])}
+    in_pairs = {(pid, t) for pid, c, r in zip(pairs["prompt_id"], pairs["chosen"], pairs["rejected"])
+                for t in (c, r)}
+    candidates = ws.read("candidates", ["prompt_id", "origin", "text"])
+    candidates = candidates.filter(pc.is_in(candidates["prompt_id"],
+                                            value_set=pa.array(list(prompt_of), pa.string()))).to_pydict()
+    by_origin: dict[str, list[tuple[str, str]]] = {}
+    for pid, origin, text in zip(candidates["prompt_id"], candidates["origin"], candidates["text"]):
+        if (pid, text) not in in_pairs:
+            by_origin.setdefault(origin, []).append((pid, text))
+    prompts_table = ws.read("prompts", ["prompt_id", "split", "prompt", "messages", "reference_solution",
+                                        "reference_answer"]).to_pylist()
+    heldout_prompts = []
+    for row in prompts_table:
+        if row["prompt_id"] in prompt_of:
+            if row["reference_solution"] and (row["prompt_id"], row["reference_solution"]) not in in_pairs:
+                by_origin.setdefault("reference", []).append((row["prompt_id"], row["reference_solution"]))
+        elif row["split"] == "test" or not any(r["split"] == "test" for r in prompts_table):
+            heldout_prompts.append(row)
+    rendered = {}
+    for row in heldout_prompts:
+        messages = [dict(m) for m in row["messages"]] if row["messages"] else None
+        rendered[row["prompt_id"]] = prompt_ids(tokenizer, row["prompt"], messages)
+        if row["reference_solution"]:
+            by_origin.setdefault("heldout_reference", []).append((row["prompt_id"], row["reference_solution"]))
+
+    # Round-robin over origins after a seeded shuffle, so no one origin fills the budget.
+    pools = {o: rng.sample(v, len(v)) for o, v in sorted(by_origin.items())}
+    while len(evalset.heldout) < cfg.heldout_responses and any(pools.values()):
+        for origin, pool in pools.items():
+            if pool and len(evalset.heldout) < cfg.heldout_responses:
+                pid, text = pool.pop()
+                evalset.heldout.append(((prompt_of.get(pid) or rendered[pid]), completion_ids(tokenizer, text)))
+                evalset.heldout_origin.append(origin)
+    graded = [r for r in heldout_prompts if r["reference_answer"] is not None]
+    for row in rng.sample(graded, min(len(graded), cfg.heldout_prompts)):
+        evalset.prompts.append((rendered[row["prompt_id"]], row["reference_answer"]))
+    return evalset
+
+
+# -- measurements -------------------------------------------------------------------------------
+def _per_token(model, tokenizer, seqs, cfg, bf16) -> list[float]:
+    """Per-token mean completion log-prob of each (prompt_ids, completion_ids)."""
+    from prefdata.score import score_sequences
+
+    sums = score_sequences(model, tokenizer, seqs, cfg.eval_batch_tokens, cfg.chunk_positions, bf16)
+    return [s / len(c) for s, (_, c) in zip(sums, seqs)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def measure(model, tokenizer, evalset: EvalSet, cfg, bf16: bool) -> dict:
+    """Mean per-token log-prob of the eval chosen, eval rejected and unpaired responses (by origin)."""
+    k = len(evalset.eval_chosen)
+    values = _per_token(model, tokenizer, evalset.eval_chosen + evalset.eval_rejected + evalset.heldout, cfg, bf16)
+    heldout = values[2 * k:]
+    return {"chosen": _mean(values[:k]), "rejected": _mean(values[k:2 * k]), "dispersion": _mean(heldout),
+            "dispersion_by_origin": {o: _mean([v for v, vo in zip(heldout, evalset.heldout_origin) if vo == o])
+                                     for o in sorted(set(evalset.heldout_origin))}}
+
+
+def gradient_norms(model, loss_of: Callable, evalset: EvalSet) -> dict:
+    """L2 norm of the probe loss's gradient through chosen alone and through rejected alone.
+
+    `loss_of(idx, detach=side)` is the training loop's loss with one side's
+    log-probs detached. torch.autograd.grad leaves the parameters' .grad (the
+    optimizer's accumulators) untouched.
+    """
+    import torch
+
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {}
+    for side, other in (("chosen", "rejected"), ("rejected", "chosen")):
+        grads = torch.autograd.grad(loss_of(evalset.probe_idx, detach=other).loss, params, allow_unused=True)
+        out[side] = float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads if g is not None)))
+    out["ratio"] = out["rejected"] / out["chosen"] if out["chosen"] else None
+    return out
+
+
+def default_verify(text: str, reference_answer: str) -> bool:
+    """The toy task's grader: the final integer in `text` equals the reference answer."""
+    from prefdata.toy.task import extract_answer
+
+    got = extract_answer(text)
+    return got is not None and str(got) == str(reference_answer).replace(",", "").strip()
+
+
+def accuracy(model, tokenizer, evalset: EvalSet, cfg, verify: Callable[[str, str], bool] | None,
+             bf16: bool = False) -> dict:
+    """Greedy answers to the held-out prompts, graded by `verify(text, reference_answer)`."""
+    import torch
+    from transformers import GenerationConfig
+
+    if not evalset.prompts:
+        return {"accuracy": None, "prompts": 0, "correct": 0}
+    verify = verify or default_verify
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+    model.eval()
+    correct, batch = 0, 32
+    for start in range(0, len(evalset.prompts), batch):
+        chunk = evalset.prompts[start:start + batch]
+        width = max(len(ids) for ids, _ in chunk)
+        # left padding: every prompt ends at the right edge, where decoding continues
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in chunk], device=device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=greedy)
+        for row, (_, answer) in zip(out[:, width:], chunk):
+            correct += bool(verify(tokenizer.decode(row, skip_special_tokens=True), answer))
+    return {"accuracy": correct / len(evalset.prompts), "prompts": len(evalset.prompts), "correct": correct}
+
+
+def table1_after(model, tokenizer, prompts, chosen, rejected, cfg, bf16) -> dict:
+    """Mean per-token log-prob of every trained pair's chosen and rejected under the trained model."""
+    values = _per_token(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)), cfg, bf16)
+    return {"chosen": _mean(values[:len(chosen)]), "rejected": _mean(values[len(chosen):])}
+
+
+# -- the report ---------------------------------------------------------------------------------
+def _delta(before, after) -> dict:
+    return {"before": before, "after": after,
+            "delta": None if before is None or after is None else after - before}
+
+
+def assemble(cfg, history: dict, final: dict, before: dict, after: dict, evalset: EvalSet, meta: dict) -> dict:
+    start = history["before"]
+    origins = sorted(set(start["dispersion_by_origin"]) | set(final["dispersion_by_origin"]))
+    return {
+        "run": cfg.run_name, "dataset": cfg.dataset, "loss": cfg.to_dict()["loss"], **meta,
+        "table1": {"chosen": _delta(before["chosen"], after["chosen"]),
+                   "rejected": _delta(before["rejected"], after["rejected"]),
+                   "margin": _delta(before["chosen"] - before["rejected"], after["chosen"] - after["rejected"])},
+        "eval_subset": {"pairs": len(evalset.eval_idx),
+                        "chosen": _delta(start["chosen"], final["chosen"]),
+                        "rejected": _delta(start["rejected"], final["rejected"])},
+        "dispersion": {"responses": len(evalset.heldout), **_delta(start["dispersion"], final["dispersion"]),
+                       "by_origin": {o: {"responses": evalset.heldout_origin.count(o),
+                                         **_delta(start["dispersion_by_origin"].get(o),
+                                                  final["dispersion_by_origin"].get(o))} for o in origins}},
+        "accuracy": {"prompts": final["accuracy"]["prompts"],
+                     **_delta(start["accuracy"]["accuracy"], final["accuracy"]["accuracy"])},
+        "trajectory": [{k: e[k] for k in ("step", "chosen", "rejected", "dispersion")} for e in history["eval"]],
+        "gradients": history["grads"],
+        "train": history["train"],
+        "config": cfg.to_dict(),
+    }
+
+
+def _fmt(value, spec=".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+_ROWS = (("chosen logp/token", ("table1", "chosen")), ("rejected logp/token", ("table1", "rejected")),
+         ("margin (chosen - rejected)", ("table1", "margin")), ("unpaired logp/token", ("dispersion",)),
+         ("held-out accuracy", ("accuracy",)))
+
+
+def _get(result: dict, path: tuple) -> dict:
+    for key in path:
+        result = result[key]
+    return result
+
+
+def format_run(result: dict) -> str:
+    """The report of one run as a text table."""
+    loss = ", ".join(f"{k}={v}" for k, v in result["loss"].items() if k != "name")
+    lines = [f"{result['run']}: {result['loss']['name']} ({loss}), {result['pairs']} pairs, {result['steps']} steps",
+             f"{'':28s}{'before':>10s}{'after':>10s}{'delta':>10s}"]
+    for label, path in _ROWS:
+        cell = _get(result, path)
+        lines.append(f"{label:28s}{_fmt(cell['before']):>10s}{_fmt(cell['after']):>10s}{_fmt(cell['delta']):>10s}")
+    for origin, cell in result["dispersion"]["by_origin"].items():
+        lines.append(f"{'  unpaired ' + origin:28s}{_fmt(cell['before']):>10s}{_fmt(cell['after']):>10s}"
+                     f"{_fmt(cell['delta']):>10s}")
+    g0, g1 = result["gradients"][0], result["gradients"][-1]
+    lines.append(f"{'grad norm chosen / rejected':28s}{'first':>10s}{'last':>10s}")
+    for side in ("chosen", "rejected", "ratio"):
+        lines.append(f"{'  ' + side:28s}{_fmt(g0[side], '.3g'):>10s}{_fmt(g1[side], '.3g'):>10s}")
+    return "\n".join(lines)
+
+
+def _plot(result: dict, path: Path) -> None:
+    # Figure + Agg canvas directly: no pyplot global state, no display backend needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 8), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(2, 2, 1)
+    steps = [t["step"] for t in result["trajectory"]]
+    for key, style in (("chosen", "-o"), ("rejected", "-s"), ("dispersion", "--")):
+        values = [t[key] for t in result["trajectory"]]
+        if any(v is not None for v in values):
+            ax.plot(steps, values, style, label="unpaired" if key == "dispersion" else key, markersize=3)
+    ax.set(title="mean per-token log-prob (eval subset)", xlabel="step", ylabel="log-prob / token")
+    ax.legend()
+    ax = fig.add_subplot(2, 2, 2)
+    for side in ("chosen", "rejected"):
+        ax.plot([g["step"] for g in result["gradients"]], [g[side] for g in result["gradients"]], "-o",
+                label=side, markersize=3)
+    ax.set(title="loss-gradient norm through each side (probe batch)", xlabel="step", yscale="log")
+    ax.legend()
+    ax = fig.add_subplot(2, 2, 3)
+    ax.plot([t["step"] for t in result["train"]], [t["loss"] for t in result["train"]], label="loss")
+    ax.plot([t["step"] for t in result["train"]], [t["reward_accuracy"] for t in result["train"]],
+            label="reward accuracy", alpha=0.6)
+    ax.set(title="training", xlabel="step")
+    ax.legend()
+    ax = fig.add_subplot(2, 2, 4)
+    labels = ["chosen", "rejected", "unpaired"]
+    cells = [result["table1"]["chosen"], result["table1"]["rejected"], result["dispersion"]]
+    for k, (when, offset) in enumerate((("before", -0.2), ("after", 0.2))):
+        ax.bar([i + offset for i in range(3)], [c[when] or 0.0 for c in cells], width=0.4, label=when)
+    ax.set_xticks(range(3), labels)
+    ax.set(title="Table 1: mean per-token log-prob", ylabel="log-prob / token")
+    ax.legend()
+    fig.suptitle(result["run"])
+    fig.savefig(path, dpi=100)
+
+
+def write_report(run_dir: Path, result: dict) -> None:
+    from prefdata.store import atomic_write_bytes
+
+    run_dir = Path(run_dir)
+    atomic_write_bytes(run_dir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(run_dir / "report.txt", (format_run(result) + "\n").encode())
+    _plot(result, run_dir / "report.png")
+
+
+def combined_report(ws) -> dict:
+    """All finished runs of the workspace side by side; writes runs/combined.{txt,json}.
+
+    Returns {"runs": [per-run summary], "text": the table}.
+    """
+    from prefdata.store import atomic_write_bytes
+
+    runs_dir = Path(ws.root) / "runs"
+    results = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/report.json"))]
+    if not results:
+        raise PrefdataError(f"no finished training runs in {runs_dir}", "train a dataset first")
+    width = max(12, *(len(r["run"]) + 2 for r in results))
+    lines = [f"{'':36s}" + "".join(f"{r['run']:>{width}s}" for r in results)]
+    summary = [{"run": r["run"], "dataset": r["dataset"], "loss": r["loss"], "pairs": r["pairs"],
+                "steps": r["steps"]} for r in results]
+    for label, path in _ROWS:
+        for when in ("before", "after"):
+            lines.append(f"{label + ' ' + when:36s}" + "".join(
+                f"{_fmt(_get(r, path)[when]):>{width}s}" for r in results))
+    lines.append(f"{'grad norm ratio rejected/chosen':36s}" + "".join(
+        f"{_fmt(r['gradients'][-1]['ratio'], '.3g'):>{width}s}" for r in results))
+    for s, r in zip(summary, results):
+        s.update({"table1": r["table1"], "dispersion": {k: r["dispersion"][k] for k in ("before", "after", "delta")},
+                  "accuracy": r["accuracy"], "grad_ratio_last": r["gradients"][-1]["ratio"]})
+    text = "\n".join(lines)
+    atomic_write_bytes(runs_dir / "combined.json", (json.dumps({"runs": summary}, indent=2) + "\n").encode())
+    atomic_write_bytes(runs_dir / "combined.txt", (text + "\n").encode())
+    return {"runs": summary, "text": text}

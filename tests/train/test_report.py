@@ -1,0 +1,101 @@
+"""The training report: Table 1 before/after, trajectories, gradient probe, dispersion, accuracy,
+written as text, JSON and PNG; and the side-by-side report of all runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from prefdata.train.loop import train  # noqa: E402
+from prefdata.train.losses import LossConfig  # noqa: E402
+from prefdata.train.report import build_evalset, combined_report, default_verify  # noqa: E402
+
+# The tiny world is defined once, in test_loop.py; loaded by path so any pytest import mode works.
+_spec = importlib.util.spec_from_file_location("_tiny_world", Path(__file__).with_name("test_loop.py"))
+_world = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_world)
+one_thread = _world.one_thread
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One workspace, trained twice (DPO and IPO) with default run directories."""
+    ws, model_dir = _world.tiny_world(tmp_path_factory.mktemp("world"))
+    answers = []
+
+    def verify(text, reference_answer):
+        answers.append((text, reference_answer))
+        return default_verify(text, reference_answer)
+
+    dpo = train(ws, _world.tiny_config(model_dir, max_steps=3, eval_every=2, checkpoint_every=0), verify=verify)
+    ipo = train(ws, _world.tiny_config(model_dir, max_steps=2, loss=LossConfig("ipo", beta=0.5)))
+    return ws, model_dir, dpo, ipo, answers
+
+
+def test_report_json_has_the_fields(runs):
+    ws, _, dpo, _, answers = runs
+    run_dir = Path(ws.root) / "runs" / "scenario2-dpo"
+    saved = json.loads((run_dir / "report.json").read_text())
+    assert saved == json.loads(json.dumps(dpo))
+    for side in ("chosen", "rejected", "margin"):
+        assert set(saved["table1"][side]) == {"before", "after", "delta"}
+    # "before" is the stored reference log-probs: exactly what score.py wrote.
+    pairs = ws.read("pairs").to_pydict()
+    n = len(pairs["pair_id"])
+    assert saved["table1"]["chosen"]["before"] == pytest.approx(sum(pairs["ref_chosen_logp_mean"]) / n, abs=1e-12)
+    # The step-0 measurement of the base model agrees with the stored values it replaces.
+    assert saved["trajectory"][0]["step"] == 0
+    assert [t["step"] for t in saved["trajectory"]] == [0, 2, 3]
+    assert [g["step"] for g in saved["gradients"]] == [0, 2, 3]
+    assert all(g["chosen"] > 0 and g["rejected"] > 0 for g in saved["gradients"])
+    assert saved["gradients"][0]["ratio"] == saved["gradients"][0]["rejected"] / saved["gradients"][0]["chosen"]
+    disp = saved["dispersion"]
+    assert disp["responses"] == 6 and disp["before"] is not None and disp["after"] is not None
+    assert set(disp["by_origin"]) == {"policy", "heldout_reference"}
+    assert saved["accuracy"]["prompts"] == 2 and 0.0 <= saved["accuracy"]["before"] <= 1.0
+    assert len(answers) == 4  # 2 held-out prompts, before and after, through the given verifier
+    assert [r["step"] for r in saved["train"]] == [1, 2, 3]
+    assert saved["loss"] == {"name": "dpo", "beta": 0.1, "average_log_probs": False}
+    text = (run_dir / "report.txt").read_text()
+    assert "chosen logp/token" in text and "held-out accuracy" in text and "unpaired policy" in text
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(text)
+
+
+def test_combined_report_lays_runs_side_by_side(runs):
+    ws = runs[0]
+    combined = combined_report(ws)
+    assert [r["run"] for r in combined["runs"]] == ["scenario2-dpo", "scenario2-ipo"]
+    assert "scenario2-ipo" in combined["text"].splitlines()[0]
+    saved = json.loads((Path(ws.root) / "runs" / "combined.json").read_text())
+    assert saved["runs"][1]["table1"]["rejected"]["after"] == runs[3]["table1"]["rejected"]["after"]
+    print(combined["text"])
+
+
+def test_heldout_responses_exclude_paired_texts(runs):
+    ws, model_dir, *_ = runs
+    from prefdata.score import load_model
+    from prefdata.train.report import tokenize_pairs
+
+    _, tokenizer = load_model(model_dir, "cpu")
+    pairs = ws.read("pairs").to_pydict()
+    data = tokenize_pairs(tokenizer, pairs)
+    cfg = _world.tiny_config(model_dir, heldout_responses=100, heldout_prompts=100)
+    evalset = build_evalset(ws, cfg, tokenizer, pairs, list(range(len(pairs["pair_id"]))), data)
+    paired = {tuple(c) for c in data["chosen"] + data["rejected"]}
+    assert not paired & {tuple(c) for _, c in evalset.heldout}
+    # 12 unused correct policy answers + the 4 test prompts' reference solutions; the paired
+    # reference solutions and wrong answers are excluded.
+    assert sorted(set(evalset.heldout_origin)) == ["heldout_reference", "policy"]
+    assert len(evalset.heldout) == 16 and len(evalset.prompts) == 4
+
+
+def test_default_verifier_reads_the_final_answer():
+    assert default_verify("3+4=7. The answer is 7.", "7")
+    assert not default_verify("3+4=8. The answer is 8.", "7")
+    assert not default_verify("no answer", "7")
