@@ -31,9 +31,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from prefdata.errors import PrefdataError
+
+if TYPE_CHECKING:
+    import torch
 
 # -- model loading and identity -----------------------------------------------------------------
 def model_hash(path: str | Path) -> str:
@@ -66,23 +69,38 @@ def load_model(path: str | Path, device=None):
 
 
 # -- tokenisation -------------------------------------------------------------------------------
-def prompt_ids(tokenizer, prompt: str, messages: list[dict] | None) -> list[int]:
-    """Token ids of the prompt rendered by the tokenizer's chat template, ready for the answer."""
+def encode_prompts(tokenizer, prompts: Sequence[str], messages: Sequence[list | None]) -> list[list[int]]:
+    """Token ids of each prompt rendered by the tokenizer's chat template, ready for the answer.
+
+    `messages[i]` (chat turns) wins over `prompts[i]` (one user turn) when present.
+    """
     from prefdata.generate.model import chat_template, render
 
     if not chat_template(tokenizer):
         raise PrefdataError("the model's tokenizer has no chat template",
                             "use a chat model, or add a chat_template to its tokenizer_config.json")
-    text = render(tokenizer, list(messages) if messages else [{"role": "user", "content": prompt}])
+    texts = [render(tokenizer, [dict(m) for m in turns] if turns else [{"role": "user", "content": prompt}])
+             for prompt, turns in zip(prompts, messages)]
     # The template already holds BOS (if the model uses one); adding it again would double it.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def encode_completions(tokenizer, responses: Sequence[str]) -> list[list[int]]:
+    """Token ids of each response followed by EOS: the model must also learn where to stop."""
+    if tokenizer.eos_token_id is None:
+        raise PrefdataError("the model's tokenizer has no EOS token", "set eos_token in its tokenizer config")
+    if not responses:
+        return []
+    return [ids + [tokenizer.eos_token_id]
+            for ids in tokenizer(list(responses), add_special_tokens=False)["input_ids"]]
+
+
+def prompt_ids(tokenizer, prompt: str, messages: list[dict] | None = None) -> list[int]:
+    return encode_prompts(tokenizer, [prompt], [messages])[0]
 
 
 def completion_ids(tokenizer, response: str) -> list[int]:
-    """Token ids of the response followed by EOS: the model must also learn where to stop."""
-    if tokenizer.eos_token_id is None:
-        raise PrefdataError("the model's tokenizer has no EOS token", "set eos_token in its tokenizer config")
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return encode_completions(tokenizer, [response])[0]
 
 
 # -- packing ------------------------------------------------------------------------------------
@@ -113,12 +131,12 @@ def pack(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
 class Packed:
     """Sequences laid out in rows: inputs for the model body, and where the completion targets are."""
 
-    input_ids: "torch.Tensor"      # (rows, length) long
-    position_ids: "torch.Tensor"   # (rows, length) long; restarts at 0 for each sequence
-    source: "torch.Tensor"         # (n_targets,) flat index into rows*length of the predicting position
-    targets: "torch.Tensor"        # (n_targets,) token id predicted there
-    segment: "torch.Tensor"        # (n_targets,) which input sequence the target belongs to
-    counts: "torch.Tensor"         # (n_sequences,) completion tokens per sequence
+    input_ids: torch.Tensor      # (rows, length) long
+    position_ids: torch.Tensor   # (rows, length) long; restarts at 0 for each sequence
+    source: torch.Tensor         # (n_targets,) flat index into rows*length of the predicting position
+    targets: torch.Tensor        # (n_targets,) token id predicted there
+    segment: torch.Tensor        # (n_targets,) which input sequence the target belongs to
+    counts: torch.Tensor         # (n_sequences,) completion tokens per sequence
     n_sequences: int
 
 
@@ -246,8 +264,20 @@ def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[
 
 
 # -- the stage ----------------------------------------------------------------------------------
-def _messages(value) -> list[dict] | None:
-    return [dict(m) for m in value] if value else None
+def _fill(table, rows: list[int], values: dict[str, list]):
+    """`table` with column `name` replaced by `values[name]` at `rows` (in order), kept elsewhere."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    position = np.full(table.num_rows, -1)
+    position[rows] = np.arange(len(rows))
+    mask, take = pa.array(position >= 0), pa.array(np.maximum(position, 0))
+    for name, column in values.items():
+        field = table.schema.field(name)
+        new = pa.array(column, field.type).take(take)
+        table = table.set_column(table.schema.get_field_index(name), field, pc.if_else(mask, new, table[name]))
+    return table
 
 
 def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_tokens: int = 4096,
@@ -266,7 +296,6 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
     autocast exactly as training does, so the initial DPO margin is zero.
     Returns a summary dict; the manifest records it under stage "score".
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from prefdata.schemas import conform
@@ -292,28 +321,19 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
                 use_bf16 = bf16 if bf16 is not None else model.device.type == "cuda"
                 summary["bf16"] = use_bf16
             rows = [i for i, s in enumerate(selected) if s]
-            prompts, messages = table["prompt"].to_pylist(), table["messages"].to_pylist()
-            sequences = []
-            for column in ("chosen", "rejected"):
-                texts = table[column].to_pylist()
-                for i in rows:
-                    sequences.append((prompt_ids(tokenizer, prompts[i], _messages(messages[i])),
-                                      completion_ids(tokenizer, texts[i])))
-            sums = score_sequences(model, tokenizer, sequences, batch_tokens, chunk_positions, use_bf16)
+            sub = table.take(rows)
+            prompts = encode_prompts(tokenizer, sub["prompt"].to_pylist(), sub["messages"].to_pylist())
+            chosen = encode_completions(tokenizer, sub["chosen"].to_pylist())
+            rejected = encode_completions(tokenizer, sub["rejected"].to_pylist())
+            sums = score_sequences(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)),
+                                   batch_tokens, chunk_positions, use_bf16)
             n = len(rows)
-            filled = {name: table[name].to_pylist() for name in (
-                "ref_chosen_logp", "ref_rejected_logp", "ref_chosen_logp_mean", "ref_rejected_logp_mean",
-                "chosen_tokens", "rejected_tokens", "ref_model_hash")}
-            for k, i in enumerate(rows):
-                for side, offset in (("chosen", 0), ("rejected", n)):
-                    tokens = len(sequences[offset + k][1])
-                    filled[f"ref_{side}_logp"][i] = sums[offset + k]
-                    filled[f"ref_{side}_logp_mean"][i] = sums[offset + k] / tokens
-                    filled[f"{side}_tokens"][i] = tokens
-                filled["ref_model_hash"][i] = ref_hash
-            for name, values in filled.items():
-                table = table.set_column(table.schema.get_field_index(name), name,
-                                         pa.array(values, table.schema.field(name).type))
+            c_len, r_len = [len(c) for c in chosen], [len(r) for r in rejected]
+            table = _fill(table, rows, {
+                "ref_chosen_logp": sums[:n], "ref_rejected_logp": sums[n:],
+                "ref_chosen_logp_mean": [v / k for v, k in zip(sums[:n], c_len)],
+                "ref_rejected_logp_mean": [v / k for v, k in zip(sums[n:], r_len)],
+                "chosen_tokens": c_len, "rejected_tokens": r_len, "ref_model_hash": [ref_hash] * n})
             key = path.name[len("part-"):-len(".parquet")]
             ws.write_part("pairs", key, table)
             summary["parts_scored"] += 1

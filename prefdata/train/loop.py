@@ -22,6 +22,8 @@ holds model, optimizer, RNG states, the step and the measurement history. So
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from prefdata.errors import PrefdataError, TrainingDiverged
+from prefdata.errors import PrefdataError, TrainingDiverged, WorkspaceLocked
 from prefdata.train.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
@@ -51,6 +53,13 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
     called after every optimizer step (and after its checkpoint).
     Raises `TrainingDiverged` on a NaN/inf loss or gradient.
     """
+    run_dir = cfg.run_dir(ws)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir):  # two processes training into one directory would corrupt each other
+        return _train(ws, cfg, run_dir, verify, on_step, progress)
+
+
+def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> dict:
     import torch
 
     from prefdata.score import load_model, model_hash, packed_batch, pick_device, sequence_logps
@@ -59,7 +68,6 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
 
     say = progress or (lambda _msg: None)
     started = time.time()
-    run_dir = cfg.run_dir(ws)
     ckpt_dir = run_dir / CHECKPOINTS
     device = pick_device(cfg.device)
     bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -232,6 +240,20 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
     report.write_report(run_dir, result)
     say(report.format_run(result))
     return result
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceLocked(f"{run_dir} is being trained by another process",
+                                  "wait for it to finish, or train into another output directory") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _load_pairs(ws, dataset: str) -> dict:

@@ -35,19 +35,16 @@ from prefdata.errors import PrefdataError
 # -- evaluation data ----------------------------------------------------------------------------
 def tokenize_pairs(tokenizer, pairs: dict) -> dict:
     """Prompt / chosen / rejected token ids of every pair, exactly as score.py built them."""
-    from prefdata.score import completion_ids, prompt_ids
+    from prefdata.score import encode_completions, encode_prompts
 
-    out = {"prompt": [], "chosen": [], "rejected": []}
-    for i, prompt in enumerate(pairs["prompt"]):
-        messages = [dict(m) for m in pairs["messages"][i]] if pairs["messages"][i] else None
-        out["prompt"].append(prompt_ids(tokenizer, prompt, messages))
-        for side in ("chosen", "rejected"):
-            ids = completion_ids(tokenizer, pairs[side][i])
-            if pairs[f"{side}_tokens"][i] is not None and len(ids) != pairs[f"{side}_tokens"][i]:
+    out = {"prompt": encode_prompts(tokenizer, pairs["prompt"], pairs["messages"])}
+    for side in ("chosen", "rejected"):
+        out[side] = encode_completions(tokenizer, pairs[side])
+        for i, (ids, scored) in enumerate(zip(out[side], pairs[f"{side}_tokens"])):
+            if scored is not None and len(ids) != scored:
                 raise PrefdataError(f"pair {pairs['pair_id'][i]} tokenises to {len(ids)} {side} tokens, "
-                                    f"but was scored with {pairs[f'{side}_tokens'][i]}",
+                                    f"but was scored with {scored}",
                                     "re-run `prefdata score` with the model being trained")
-            out[side].append(ids)
     return out
 
 
