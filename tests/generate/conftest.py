@@ -69,6 +69,18 @@ def random_model_dir(tmp_path_factory) -> Path:
     return build_char_model(tmp_path_factory.mktemp("random-model"))
 
 
+@pytest.fixture(scope="session")
+def vllm_backend(random_model_dir):
+    """One vLLM engine for the whole session: starting one takes about a minute on CPU."""
+    pytest.importorskip("vllm")
+    from prefdata.generate import model_hash
+    from prefdata.generate.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend(str(random_model_dir), model_hash(random_model_dir), max_model_len=512)
+    yield backend
+    backend.close()
+
+
 def make_prompts(n: int, offset: int = 0) -> pa.Table:
     from prefdata.schemas import conform
 
