@@ -83,24 +83,33 @@ def build_evalset(ws, cfg, tokenizer, pairs: dict, keep: list[int], data: dict) 
     candidates = candidates.filter(pc.is_in(candidates["prompt_id"],
                                             value_set=pa.array(list(prompt_of), pa.string()))).to_pydict()
     by_origin: dict[str, list[tuple[str, str]]] = {}
-    for pid, origin, text in zip(candidates["prompt_id"], candidates["origin"], candidates["text"]):
-        if (pid, text) not in in_pairs:
+    seen = set(in_pairs)
+
+    def add(origin: str, pid: str, text: str) -> None:
+        if (pid, text) not in seen:  # 8 identical samples, or a reference that is also a candidate, count once
+            seen.add((pid, text))
             by_origin.setdefault(origin, []).append((pid, text))
+
+    for pid, origin, text in zip(candidates["prompt_id"], candidates["origin"], candidates["text"]):
+        add(origin, pid, text)
     prompts_table = ws.read("prompts", ["prompt_id", "split", "prompt", "messages", "reference_solution",
                                         "reference_answer"]).to_pylist()
-    heldout_prompts = []
+    has_test_split = any(row["split"] == "test" for row in prompts_table)
+    heldout_rows = {}
     for row in prompts_table:
         if row["prompt_id"] in prompt_of:
-            if row["reference_solution"] and (row["prompt_id"], row["reference_solution"]) not in in_pairs:
-                by_origin.setdefault("reference", []).append((row["prompt_id"], row["reference_solution"]))
-        elif row["split"] == "test" or not any(r["split"] == "test" for r in prompts_table):
-            heldout_prompts.append(row)
-    rendered = {}
-    for row in heldout_prompts:
-        messages = [dict(m) for m in row["messages"]] if row["messages"] else None
-        rendered[row["prompt_id"]] = prompt_ids(tokenizer, row["prompt"], messages)
-        if row["reference_solution"]:
-            by_origin.setdefault("heldout_reference", []).append((row["prompt_id"], row["reference_solution"]))
+            if row["reference_solution"]:
+                add("reference", row["prompt_id"], row["reference_solution"])
+        elif row["split"] == "test" or not has_test_split:  # no test split: any prompt not trained on
+            heldout_rows[row["prompt_id"]] = row
+            if row["reference_solution"]:
+                add("heldout_reference", row["prompt_id"], row["reference_solution"])
+
+    def rendered(pid: str) -> list[int]:  # only the prompts actually used are rendered
+        if pid not in prompt_of:
+            row = heldout_rows[pid]
+            prompt_of[pid] = prompt_ids(tokenizer, row["prompt"], row["messages"])
+        return prompt_of[pid]
 
     # Round-robin over origins after a seeded shuffle, so no one origin fills the budget.
     pools = {o: rng.sample(v, len(v)) for o, v in sorted(by_origin.items())}
@@ -108,11 +117,11 @@ def build_evalset(ws, cfg, tokenizer, pairs: dict, keep: list[int], data: dict) 
         for origin, pool in pools.items():
             if pool and len(evalset.heldout) < cfg.heldout_responses:
                 pid, text = pool.pop()
-                evalset.heldout.append(((prompt_of.get(pid) or rendered[pid]), completion_ids(tokenizer, text)))
+                evalset.heldout.append((rendered(pid), completion_ids(tokenizer, text)))
                 evalset.heldout_origin.append(origin)
-    graded = [r for r in heldout_prompts if r["reference_answer"] is not None]
+    graded = [r for r in heldout_rows.values() if r["reference_answer"] is not None]
     for row in rng.sample(graded, min(len(graded), cfg.heldout_prompts)):
-        evalset.prompts.append((rendered[row["prompt_id"]], row["reference_answer"]))
+        evalset.prompts.append((rendered(row["prompt_id"]), row["reference_answer"]))
     return evalset
 
 

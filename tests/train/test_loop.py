@@ -210,3 +210,16 @@ def test_refuses_bf16_on_cpu_and_pairs_scored_by_another_model(world, tmp_path):
         train(ws, tiny_config(other, output_dir=str(tmp_path / "r")))
     with pytest.raises(PrefdataError, match="no pairs of dataset"):
         train(ws, dataclasses.replace(tiny_config(model_dir), dataset="scenario9"))
+
+
+@pytest.mark.parametrize("loss", [LossConfig("dpo"), LossConfig("ipo", beta=0.5),
+                                  LossConfig("flex_dpo", beta_rejected=0.05), LossConfig("slic")])
+def test_config_round_trips_through_its_json(loss):
+    import json
+
+    cfg = TrainConfig(dataset="scenario1", model_path="m", loss=loss, max_steps=3)
+    again = TrainConfig.from_dict(json.loads(cfg.to_json()))
+    assert again.differences(cfg) == [] and again.to_dict() == cfg.to_dict()
+    assert cfg.differences(dataclasses.replace(cfg, checkpoint_every=7, device="cpu")) == []
+    with pytest.raises(PrefdataError, match="grad_accum"):
+        TrainConfig(dataset="scenario1", model_path="m", grad_accum=0)
