@@ -113,3 +113,26 @@ def test_score_one_dataset_leaves_others_untouched(tmp_path):
     assert score_pairs(ws, model_dir, dataset="scenario4", device="cpu")["parts_skipped"] == 1
     other = tiny_model_dir(tmp_path / "other", seed=1)
     assert score_pairs(ws, other, dataset="scenario4", device="cpu")["rows_scored"] == 2
+
+
+def test_logits_only_for_completion_positions_in_chunks(tmp_path, monkeypatch):
+    """Never the full (batch x length x vocab) logits: the LM head's forward is never called,
+    and each vocabulary projection covers at most `chunk_positions` completion positions."""
+    import prefdata.score as score
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tiny_model_dir(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def no_full_logits(*_args, **_kwargs):
+        raise AssertionError("full logits computed")
+
+    monkeypatch.setattr(model.get_output_embeddings(), "forward", no_full_logits)
+    rows, real = [], score._chunk_logps
+    monkeypatch.setattr(score, "_chunk_logps", lambda h, *a: rows.append(h.shape[0]) or real(h, *a))
+    seqs = [(prompt_ids(tokenizer, f"What is {i} + 1?"), completion_ids(tokenizer, "x" * (5 + 3 * i)))
+            for i in range(6)]
+    sums = score.score_sequences(model, tokenizer, seqs, batch_tokens=64, chunk_positions=8)
+    assert len(sums) == 6 and all(s < 0 for s in sums)
+    assert max(rows) <= 8 and sum(rows) == sum(len(c) for _, c in seqs)  # completion positions only
