@@ -155,11 +155,14 @@ def build_config(raw: dict) -> BuildConfig:
     seed = int(raw.get("seed", 0))
     quiet = bool(raw.get("quiet", False))
 
+    needed = set().union(*(SCENARIO_ORIGINS[s] for s in scenarios))
+
     def generation(section: str) -> Any:
         values = dict(raw.get(section, {}))
         sampling = _make(SamplingConfig, f"{section}.sampling", dict(values.pop("sampling", {})))
         values.setdefault("model", f"toy:{section}")
-        values["model"] = resolve_model(values["model"])
+        if section in needed:  # an unused model is never loaded, trained or checked
+            values["model"] = resolve_model(values["model"])
         return _make(GenerationConfig, section, values, origin=section, sampling=sampling, quiet=quiet)
 
     source = dict(raw.get("source", {}))

@@ -19,7 +19,7 @@ def workspace_info(ws: Workspace) -> dict:
                                  "bytes": sum(p.stat().st_size for p in parts)}
     with connect(ws) as con:
         def rows(sql: str) -> list[dict]:
-            return con.execute(sql).to_arrow_table().to_pylist()
+            return con.sql(sql).to_arrow_table().to_pylist()
 
         info["sources"] = rows("SELECT source, split, count(*) AS prompts FROM prompts "
                                "GROUP BY ALL ORDER BY ALL")

@@ -83,7 +83,7 @@ def run_query(ws: Workspace, sql: str) -> pa.Table:
         try:
             result = None
             for statement in duckdb.extract_statements(sql):
-                result = con.execute(statement).to_arrow_table()
+                result = con.sql(statement.query).to_arrow_table()
         except duckdb.Error as err:
             first_line = str(err).splitlines()[0]
             raise PrefdataError(f"query failed: {first_line}",

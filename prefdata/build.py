@@ -1,0 +1,230 @@
+"""`prefdata build`: prompts -> candidates -> judgments -> pairs, in one workspace.
+
+The build is a list of steps sharing one contract: each takes the `BuildState`
+(the tables this build has produced so far) and returns it with one more table
+filled in. Every step writes through the workspace store, keyed by content, so:
+
+* policy samples are generated and judged once and reused by scenarios 1, 2, 3
+  (the other model's by 3 and 4): a second build in the same workspace finds
+  them by work key and does no model work;
+* a killed build resumes where it stopped (finished shards and judge batches
+  are parts on disk; the rest is redone);
+* the pairs of a dataset are one part named after it, replaced atomically when
+  the dataset is rebuilt.
+
+>>> summary = build(Path("ws"), build_config(scenario_pipeline(2)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from prefdata.config import TOY, BuildConfig
+from prefdata.errors import PrefdataError
+from prefdata.store import Workspace, atomic_write_bytes
+
+TOY_ROWS = {"train": 4000, "test": 1000}  # toy split sizes written for the source (prefix-stable)
+
+
+@dataclass
+class BuildState:
+    cfg: BuildConfig
+    ws: Workspace
+    log: Callable[[str], None]
+    prompts: object = None            # pa.Table: this build's prompts
+    work_keys: set = field(default_factory=set)  # work keys of this build's generated candidates
+    scored: object = None             # pl.DataFrame: this build's candidates with verdicts
+    pairs: dict = field(default_factory=dict)    # dataset name -> pl.DataFrame
+    summary: dict = field(default_factory=dict)
+
+
+def toy_source_dir(seed: int) -> Path:
+    """The toy task written as GSM8K-style JSONL (`toy/train.jsonl`, `toy/test.jsonl`), cached."""
+    from prefdata.toy import task
+    from prefdata.toy.train import cache_dir
+
+    folder = cache_dir() / "data" / f"seed{seed}" / TOY
+    for split, rows in TOY_ROWS.items():
+        path = folder / f"{split}.jsonl"
+        if not path.exists():
+            task.write_split(path, split, rows, seed=seed)
+    return folder
+
+
+def step_ingest(state: BuildState) -> BuildState:
+    """Load the source's prompts; store the ones the workspace does not have yet."""
+    import pyarrow.compute as pc
+
+    from prefdata.sources import load_prompts
+
+    spec = state.cfg.source
+    if spec.path_or_name == TOY:
+        spec = replace(spec, path_or_name=str(toy_source_dir(state.cfg.seed)))
+    prompts, stats = load_prompts(spec)
+    if prompts.num_rows == 0:
+        raise PrefdataError(f"source {spec.path_or_name} gave no prompts", "check --split, --limit and the file")
+    known = set(state.ws.read("prompts", ["prompt_id"]).column("prompt_id").to_pylist())
+    new = prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=_array(known))))
+    if new.num_rows:
+        key = "src-" + _digest(sorted(new.column("prompt_id").to_pylist()))
+        state.ws.write_part("prompts", key, new)
+    state.prompts = prompts
+    state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows}
+    state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
+              f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
+    return state
+
+
+def step_generate(state: BuildState) -> BuildState:
+    """Sample the policy and/or other model, as the scenarios need; cached by work key."""
+    from prefdata.generate import generate_candidates, write_reference_candidates
+
+    origins = state.cfg.origins()
+    state.summary["generation"] = {}
+    for origin in ("policy", "other"):
+        if origin not in origins:
+            continue
+        gen_cfg = getattr(state.cfg, origin)
+        stats = generate_candidates(state.ws, state.prompts, gen_cfg)
+        state.work_keys |= set(stats.work_keys)
+        state.summary["generation"][origin] = {
+            "model": gen_cfg.display_name, "model_hash": stats.model_hash, "backend": stats.backend,
+            "prompts_cached": stats.prompts_cached, "prompts_generated": stats.prompts_generated,
+            "candidates_written": stats.candidates_written, "model_calls": stats.model_calls,
+            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2)}
+        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached "
+                  f"({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
+    if "reference" in origins:
+        written = write_reference_candidates(state.ws, state.prompts)
+        state.summary["generation"]["reference"] = {"candidates_written": written}
+    return state
+
+
+def make_judge(cfg: BuildConfig):
+    from prefdata.judge import RuleVerifier, VerifierConfig
+
+    judge_cfg = cfg.judge
+    if judge_cfg.kind == "verifier":
+        return RuleVerifier(VerifierConfig(timeout_s=judge_cfg.timeout_s))
+    if judge_cfg.kind == "reward_model":
+        from prefdata.judge import RewardModelConfig, RewardModelJudge
+
+        return RewardModelJudge(RewardModelConfig(model=judge_cfg.model,
+                                                  trust_remote_code=judge_cfg.trust_remote_code))
+    from prefdata.judge.serve import llm_judge_from_config
+
+    return llm_judge_from_config(judge_cfg)
+
+
+def step_judge(state: BuildState) -> BuildState:
+    """Judge this build's candidates that the judge has not seen, then gather the verdicts."""
+    import polars as pl
+
+    from prefdata.judge import judge_candidates
+
+    judge = make_judge(state.cfg)
+    try:
+        counts = judge_candidates(state.ws, judge, batch_size=state.cfg.judge.batch_size)
+    finally:
+        getattr(judge, "close", lambda: None)()
+    prompt_ids = state.prompts.column("prompt_id").to_pylist()
+    candidates = state.ws.read_polars("candidates").filter(pl.col("prompt_id").is_in(prompt_ids)).filter(
+        pl.col("work_key").is_in(list(state.work_keys)) | (pl.col("origin") == "reference"))
+    verdicts = state.ws.read_polars("judgments").filter(
+        (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
+        "candidate_id", "score", "correct", "status")
+    prompts = pl.from_arrow(state.prompts.select(["prompt_id", "prompt", "messages"]))
+    state.scored = (candidates.join(verdicts, on="candidate_id", how="left").join(prompts, on="prompt_id")
+                    .with_columns(pl.lit(judge.name).alias("judge_name")))
+    state.summary["judging"] = {"judge": judge.name, "version": judge.version, **counts,
+                                "candidates_in_build": state.scored.height}
+    state.log(f"judge {judge.name}: {counts.get('judged', 0)} judged now, "
+              f"{state.scored.height} candidates in this build")
+    return state
+
+
+def step_select(state: BuildState) -> BuildState:
+    """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
+    from prefdata.select import SelectConfig, mix_pairs, select_pairs
+
+    cfg = state.cfg
+    select_cfg = SelectConfig(**{"seed": cfg.seed, **cfg.select})
+    per_scenario, drops = {}, {}
+    for scenario in cfg.scenarios:
+        dataset = f"scenario{scenario}" if cfg.mix else cfg.name
+        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset))
+        per_scenario[scenario] = pairs
+        drops[dataset] = dropped
+    pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
+        else per_scenario[cfg.scenarios[0]]
+    if pairs.height == 0:
+        raise PrefdataError(f"no pairs survived selection for {cfg.name} (drops: {drops})",
+                            "use more prompts (--limit), more samples (--n) or a lower --min-margin")
+    state.ws.write_part("pairs", cfg.name, pairs.to_arrow())
+    state.pairs[cfg.name] = pairs
+    state.summary["dropped"] = drops
+    state.summary["pairs"] = {cfg.name: pairs.height}
+    if cfg.mix:
+        state.summary["mix"] = pairs.group_by("scenario").len().sort("scenario").to_dicts()
+    state.log(f"pairs: {pairs.height} in dataset {cfg.name}")
+    return state
+
+
+def step_finish(state: BuildState) -> BuildState:
+    """Manifest last (it describes the parts above), then the dataset card."""
+    from prefdata.card import dataset_card
+
+    state.ws.write_manifest(f"build:{state.cfg.name}", {"config": state.cfg.to_dict(), "summary": state.summary})
+    atomic_write_bytes(state.ws.root / "README.md", dataset_card(state.ws).encode())
+    return state
+
+
+STEPS = [step_ingest, step_generate, step_judge, step_select, step_finish]
+
+
+def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the whole build; returns its summary (also saved in the manifest)."""
+    started = time.time()
+    ws = Workspace.create(workspace)
+    with ws.writer():
+        if ws.recovered_lock_from:
+            log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
+        state = BuildState(cfg=cfg, ws=ws, log=log)
+        for step in STEPS:
+            state = step(state)
+    state.summary["seconds"] = round(time.time() - started, 1)
+    return state.summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", "build summary", "-------------"]
+    p = summary["prompts"]
+    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed)")
+    for origin, g in summary.get("generation", {}).items():
+        lines.append(f"candidates {origin:<9}{g.get('candidates_written', 0)} new"
+                     + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))
+    j = summary["judging"]
+    lines.append(f"judged            {j.get('judged', 0)} new by {j['judge']} "
+                 f"({j['candidates_in_build']} candidates in this build)")
+    for dataset, dropped in summary.get("dropped", {}).items():
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()) if v) or "none"
+        lines.append(f"dropped {dataset:<11}{reasons}")
+    for dataset, n in summary["pairs"].items():
+        lines.append(f"pairs out         {dataset}: {n}")
+    lines.append(f"time              {summary.get('seconds', 0)} s")
+    return "\n".join(lines)
+
+
+def _array(values):
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())
+
+
+def _digest(values) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
