@@ -52,43 +52,6 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 @app.command()
-def query(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
-    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                        help="table (readable), csv, json (JSON Lines) or parquet."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
-) -> None:
-    """Run read-only DuckDB SQL over a workspace's tables.
-
-    Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
-    """
-    from prefdata.query import run_query, write_result
-    from prefdata.store import Workspace
-
-    _check_output_path(output)
-    result = run_query(Workspace.open(workspace), sql)
-    text = write_result(result, format.value, output)
-    if text is not None:
-        typer.echo(text, nl=not text.endswith("\n"))
-
-
-@app.command()
-def info(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-) -> None:
-    """Summarise a workspace: tables, row counts, scenarios and provenance."""
-    import json
-
-    from prefdata.info import format_info, workspace_info
-    from prefdata.store import Workspace
-
-    summary = workspace_info(Workspace.open(workspace))
-    typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
-
-
-@app.command()
 def build(
     workspace: Path = typer.Argument(DEFAULT_WORKSPACE, help="Workspace directory (created if missing)."),
     scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Build scenario 1-4 (loads pipelines/scenarioN.toml)."),
@@ -180,6 +143,195 @@ def _parse_value(text: str):
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+@app.command()
+def export(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (one Parquet file per dataset)."),
+    format: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected for TRL's DPOTrainer) or parquet (raw pairs)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
+    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
+    keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
+) -> None:
+    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
+    from prefdata.export import export_pairs
+    from prefdata.store import Workspace
+
+    result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
+                          conversational=conversational, keep_provenance=keep_provenance)
+    for name, info in result.items():
+        typer.echo(f"{name}: {info}")
+
+
+def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:
+    if scenario is not None and dataset is not None:
+        raise PrefdataError("give --scenario or --dataset, not both", "e.g. --scenario 2 or --dataset mix-1x0.5-4x0.5")
+    if scenario is not None:
+        if scenario not in (1, 2, 3, 4):
+            raise PrefdataError(f"unknown scenario {scenario}", "use --scenario 1, 2, 3 or 4")
+        return f"scenario{scenario}"
+    return dataset
+
+
+@app.command()
+def score(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    model: str = typer.Option("toy:policy", "--model", "-m", help="Reference model directory (the policy you will train)."),
+    scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Score only this scenario's pairs."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Score only this dataset (e.g. a mix)."),
+    batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per packed forward pass."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+) -> None:
+    """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
+    from prefdata.config import resolve_model
+    from prefdata.score import score_pairs
+    from prefdata.store import Workspace
+
+    ws = Workspace.open(workspace)
+    summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
+                          batch_tokens=batch_tokens, device=device, progress=typer.echo)
+    typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+@app.command()
+def train(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Train on this scenario's pairs."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Train on this dataset (e.g. a mix)."),
+    model: str = typer.Option("toy:policy", "--model", "-m", help="Model to train (also the DPO reference)."),
+    loss: str = typer.Option("dpo", "--loss", help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (loss default if unset)."),
+    beta_chosen: Optional[float] = typer.Option(None, "--beta-chosen", help="Flex-DPO beta of the chosen term."),
+    beta_rejected: Optional[float] = typer.Option(None, "--beta-rejected", help="Flex-DPO beta of the rejected term."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="cDPO label smoothing."),
+    sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="Weight of the SFT term (dpo_sft, slic)."),
+    lr: float = typer.Option(5e-6, "--lr", help="Peak learning rate (AdamW)."),
+    epochs: int = typer.Option(1, "--epochs", help="Passes over the pairs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (wins over --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    max_length: int = typer.Option(1024, "--max-length", help="Max prompt+completion tokens; longer pairs are left out."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation of any randomness."),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between resumable checkpoints."),
+    eval_every: int = typer.Option(10, "--eval-every", help="Steps between trajectory measurements."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+) -> None:
+    """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
+
+    Scores the pairs first if they lack reference log-probs of this model. Resumes from the
+    newest checkpoint of the run directory. Writes a Hugging Face model and the report.
+    """
+    from prefdata.config import resolve_model
+    from prefdata.score import score_pairs
+    from prefdata.store import Workspace
+    from prefdata.train.config import TrainConfig
+    from prefdata.train.loop import train as run_train
+    from prefdata.train.losses import LossConfig
+
+    name = _dataset_name(scenario, dataset)
+    if name is None:
+        raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
+    ws = Workspace.open(workspace)
+    model_path = resolve_model(model)
+    options = {"beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
+               "label_smoothing": label_smoothing, "sft_weight": sft_weight}
+    loss_cfg = LossConfig(loss, **{k: v for k, v in options.items() if v is not None})
+    cfg = TrainConfig(dataset=name, model_path=model_path, loss=loss_cfg, lr=lr, epochs=epochs,
+                      max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                      bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                      device=device, output_dir=str(output_dir) if output_dir else None)
+    score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
+    run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
+
+
+@app.command()
+def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
+    """Lay all trained runs of a workspace side by side (the study's Table 1 form)."""
+    from prefdata.store import Workspace
+    from prefdata.train.report import combined_report
+
+    typer.echo(combined_report(Workspace.open(workspace))["text"])
+
+
+@app.command()
+def query(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
+                                        help="table (readable), csv, json (JSON Lines) or parquet."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Run read-only DuckDB SQL over a workspace's tables.
+
+    Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
+    """
+    from prefdata.query import run_query, write_result
+    from prefdata.store import Workspace
+
+    _check_output_path(output)
+    result = run_query(Workspace.open(workspace), sql)
+    text = write_result(result, format.value, output)
+    if text is not None:
+        typer.echo(text, nl=not text.endswith("\n"))
+
+
+@app.command()
+def info(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Summarise a workspace: tables, row counts, scenarios and provenance."""
+    import json
+
+    from prefdata.info import format_info, workspace_info
+    from prefdata.store import Workspace
+
+    summary = workspace_info(Workspace.open(workspace))
+    typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
+
+
+@toy_app.command("train")
+def toy_train(
+    out: Path = typer.Option(..., "--out", help="Directory that gets policy/ and other/."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same weights."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the toy policy and other model from a seed (the shipped weights came from seed 0)."""
+    from prefdata.toy.train import train_toy_models
+
+    for role, path in train_toy_models(out, seed=seed, quiet=quiet).items():
+        typer.echo(f"{role}: {path}")
+
+
+@toy_app.command("measure")
+def toy_measure(
+    n: int = typer.Option(200, "--n", help="Held-out problems."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy dir (default: shipped)."),
+    other: Optional[Path] = typer.Option(None, "--other", help="Other model dir (default: shipped)."),
+) -> None:
+    """Accuracy of both toy models and the on/off-policy log-prob gap under the policy."""
+    from prefdata.toy.measure import format_report, measure
+
+    typer.echo(format_report(measure(policy, other, n=n, seed=seed)))
+
+
+@toy_app.command("data")
+def toy_data(
+    out: Path = typer.Option(..., "--out", help="JSONL file to write (GSM8K fields question/answer)."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    n: int = typer.Option(1000, "--n", help="Problems."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write toy problems as GSM8K-style JSONL (usable as a --source)."""
+    from prefdata.toy.task import write_split
+
+    if split not in ("train", "test"):
+        raise PrefdataError(f"unknown split {split!r}", "use --split train or --split test")
+    typer.echo(str(write_split(out, split, n, seed=seed)))
 
 
 def _check_output_path(output: Optional[Path]) -> None:
