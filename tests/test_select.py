@@ -1,0 +1,240 @@
+"""Pair selection per scenario on hand-built candidates with hand-derived expected pairs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from prefdata.errors import PrefdataError
+from prefdata.select import (SelectConfig, apportion, mix_pairs, pair_ids, parse_mix, select_pairs)
+from prefdata.schemas import conform
+
+_spec = importlib.util.spec_from_file_location("bench_select", Path(__file__).parents[1] / "bench" / "bench_select.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def cands(rows):
+    """rows: (prompt_id, candidate_id, origin, score, correct, text[, finish_reason])."""
+    out = []
+    for r in rows:
+        pid, cid, origin, score, correct, text, *rest = r
+        out.append({"prompt_id": pid, "prompt": f"question {pid}", "candidate_id": cid, "origin": origin,
+                    "score": score, "correct": correct, "text": text,
+                    "finish_reason": rest[0] if rest else "stop", "judge_name": "verifier"})
+    return pl.DataFrame(out, schema={"prompt_id": pl.String, "prompt": pl.String, "candidate_id": pl.String,
+                                     "origin": pl.String, "score": pl.Float64, "correct": pl.Boolean,
+                                     "text": pl.String, "finish_reason": pl.String, "judge_name": pl.String})
+
+
+# P1: mixed policy results, a correct reference, others with one right answer.
+# P2: every policy sample right (uniform), reference and the only other sample right too.
+# P3: the dataset's reference is itself judged wrong.
+# P4: an empty, a truncated and a duplicate policy sample; no reference, no other sample.
+DATA = cands([
+    ("P1", "a1", "policy", 1.0, True, "a1 right"), ("P1", "a2", "policy", 0.0, False, "a2 wrong"),
+    ("P1", "a3", "policy", 1.0, True, "a3 right"), ("P1", "a4", "policy", 0.0, False, "a4 wrong"),
+    ("P1", "r1", "reference", 1.0, True, "r1 ref"),
+    ("P1", "o1", "other", 0.0, False, "o1 wrong"), ("P1", "o2", "other", 1.0, True, "o2 right"),
+    ("P1", "o3", "other", 0.0, False, "o3 wrong"),
+    ("P2", "b1", "policy", 1.0, True, "b1"), ("P2", "b2", "policy", 1.0, True, "b2"),
+    ("P2", "r2", "reference", 1.0, True, "r2 ref"), ("P2", "o4", "other", 1.0, True, "o4"),
+    ("P3", "c1", "policy", 1.0, True, "c1"), ("P3", "c2", "policy", 0.0, False, "c2"),
+    ("P3", "r3", "reference", 0.0, False, "r3 bad ref"), ("P3", "o5", "other", 0.0, False, "o5"),
+    ("P4", "d1", "policy", 1.0, True, "   "), ("P4", "d2", "policy", 1.0, True, "d2 cut", "length"),
+    ("P4", "d3", "policy", 0.0, False, "d3 wrong"), ("P4", "d4", "policy", 1.0, True, "d4  same"),
+    ("P4", "d5", "policy", 1.0, True, "d4 same "),
+])
+
+EXPECTED = {
+    1: ([("P1", "a1", "a2"), ("P3", "c1", "c2"), ("P4", "d4", "d3")],
+        {"empty": 1, "truncated": 1, "duplicate": 1, "uniform": 1}),
+    2: ([("P1", "r1", "a2")],
+        {"empty": 1, "truncated": 1, "duplicate": 1, "tie": 1, "reference_incorrect": 1, "no_reference": 1}),
+    3: ([("P1", "a1", "o1"), ("P3", "c1", "o5")],
+        {"empty": 1, "truncated": 1, "duplicate": 1, "tie": 1, "no_other": 1}),
+    4: ([("P1", "r1", "o1")], {"tie": 1, "reference_incorrect": 1, "no_reference": 1}),
+}
+KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
+
+
+@pytest.mark.parametrize("scenario", [1, 2, 3, 4])
+def test_scenarios_hand_derived(scenario):
+    pairs, drops = select_pairs(DATA, scenario)
+    got = list(pairs.select("prompt_id", "chosen_candidate_id", "rejected_candidate_id").iter_rows())
+    assert got == EXPECTED[scenario][0]
+    assert drops == EXPECTED[scenario][1]
+    assert set(pairs["kind"]) <= {KINDS[scenario]} and set(pairs["scenario"]) <= {scenario}
+    assert (pairs["margin"] == pairs["chosen_score"] - pairs["rejected_score"]).all()
+    conform("pairs", pairs.to_arrow())  # exactly the pairs schema's columns and types
+
+
+def test_output_columns_and_provenance():
+    pairs, _ = select_pairs(DATA, 2)
+    row = pairs.row(0, named=True)
+    assert row["chosen"] == "r1 ref" and row["rejected"] == "a2 wrong" and row["prompt"] == "question P1"
+    assert (row["chosen_origin"], row["rejected_origin"]) == ("reference", "policy")
+    assert row["dataset"] == "scenario2" and row["strategy"] == "reference_vs_worst_policy"
+    assert row["judge_name"] == "verifier" and row["margin"] == 1.0
+    import hashlib
+    assert row["pair_id"] == hashlib.sha256(b"scenario2\x1fr1\x1fa2").hexdigest()[:16]
+
+
+def test_ties_break_by_candidate_id_whatever_the_row_order():
+    rows = cands([("P", cid, "policy", s, None, f"t{cid}") for cid, s in
+                  [("k", 5.0), ("c", 5.0), ("x", 2.0), ("b", 2.0), ("m", 4.0)]])
+    for frame in (rows, rows.reverse(), rows.sample(fraction=1.0, shuffle=True, seed=7)):
+        pairs, _ = select_pairs(frame, 1)
+        assert pairs.select("chosen_candidate_id", "rejected_candidate_id").row(0) == ("c", "b")
+
+
+def test_all_tied_gives_no_pair_and_margin_threshold():
+    tied = cands([("P", c, "policy", 3.0, None, c) for c in "abc"])
+    assert select_pairs(tied, 1)[1] == {"tie": 1}
+    rubric = cands([("P", "a", "policy", 5.0, True, "a"), ("P", "b", "policy", 4.0, True, "b"),
+                    ("P", "c", "policy", 3.0, None, "c")])
+    # 5/4 both "correct", 3 unknown: uniformly good by correctness, so that filter is off here
+    assert select_pairs(rubric, 1)[1] == {"uniform": 1}
+    no_uniform = dict(uniform_scenarios=())
+    assert select_pairs(rubric, 1, SelectConfig(min_margin=2, **no_uniform))[0].height == 1  # 2 >= 2
+    pairs, drops = select_pairs(rubric, 1, SelectConfig(min_margin=2.5, **no_uniform))
+    assert pairs.height == 0 and drops == {"below_margin": 1}
+
+
+def test_uniform_filter_by_score_and_only_where_configured():
+    bad = cands([("P", "a", "policy", 0.0, False, "a"), ("P", "b", "policy", 0.0, False, "b"),
+                 ("P", "r", "reference", 1.0, True, "r")])
+    assert select_pairs(bad, 1)[1] == {"uniform": 1}
+    assert select_pairs(bad, 2)[0].height == 1  # scenario 2 keeps uniformly-bad prompts by default
+    assert select_pairs(bad, 2, SelectConfig(uniform_scenarios=(1, 2)))[1] == {"uniform": 1}
+    rm = cands([("P", "a", "policy", 0.3, None, "a"), ("P", "b", "policy", 0.3, None, "b")])
+    assert select_pairs(rm, 1, SelectConfig(uniform_by="score"))[1] == {"uniform": 1}
+
+
+def test_same_text_never_paired_and_inverted_reference():
+    same = cands([("P", "a", "policy", 5.0, True, "x = 1"), ("P", "b", "policy", 1.0, False, " x  = 1")])
+    assert select_pairs(same, 1, SelectConfig(dedupe=False, uniform_by="score"))[1] == {"same_text": 1}
+    # deduped to one sample, whose scores are then trivially uniform
+    assert select_pairs(same, 1, SelectConfig(uniform_by="score"))[1] == {"duplicate": 1, "uniform": 1}
+    inverted = cands([("P", "r", "reference", 3.0, None, "r"), ("P", "a", "policy", 4.0, True, "a")])
+    assert select_pairs(inverted, 2)[1] == {"inverted": 1}
+
+
+def test_unscored_dropped_or_filled():
+    df = cands([("P", "a", "policy", 1.0, True, "a"), ("P", "b", "policy", None, None, "b")])
+    assert select_pairs(df, 1)[1] == {"unscored": 1, "uniform": 1}  # one known sample: uniform
+    pairs, _ = select_pairs(df, 1, SelectConfig(unscored_score=0.0, uniform_by="score"))
+    assert pairs.select("chosen_candidate_id", "rejected_candidate_id").row(0) == ("a", "b")
+
+
+def test_token_budget():
+    df = DATA.with_columns(train_tokens=pl.when(pl.col("candidate_id") == "a2").then(99).otherwise(5))
+    pairs, drops = select_pairs(df, 1, SelectConfig(max_tokens=10))
+    assert drops["over_budget"] == 1
+    assert pairs.filter(pl.col("prompt_id") == "P1")["rejected_candidate_id"].to_list() == ["a4"]
+    with pytest.raises(PrefdataError, match="train_tokens"):
+        select_pairs(DATA, 1, SelectConfig(max_tokens=10))
+
+
+def test_random_other_pick_is_seeded():
+    def picks(seed, frame=DATA):
+        pairs, _ = select_pairs(frame, 4, SelectConfig(other_pick="random", seed=seed))
+        return pairs["rejected_candidate_id"].to_list(), pairs["strategy"].to_list()
+
+    outcomes = {}
+    for seed in range(12):
+        ids, strategy = picks(seed)
+        assert picks(seed) == (ids, strategy) == picks(seed, DATA.reverse())
+        assert set(strategy) <= {"reference_vs_random_other"}
+        outcomes[seed] = ids[0] if ids else None  # o2 ties the reference: no pair
+    assert set(outcomes.values()) == {"o1", "o2", "o3"} - {"o2"} | {None}
+
+
+def test_bad_input_is_a_one_line_error():
+    with pytest.raises(PrefdataError, match="scenario"):
+        select_pairs(DATA, 5)
+    with pytest.raises(PrefdataError, match="several judges"):
+        select_pairs(DATA.with_columns(judge_name=pl.Series(["a", "b"] * 10 + ["a"])), 1)
+
+
+@pytest.mark.parametrize("scenario", [1, 2, 3, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_per_row_reference_on_random_data(scenario, seed):
+    df = bench.make_candidates(300, n_policy=6, n_other=3, with_reference=True, seed=seed)
+    # shuffle rows so prompts are not contiguous: exercises the sort fallback too
+    if seed == 2:
+        df = df.sample(fraction=1.0, shuffle=True, seed=seed)
+    pairs, drops = select_pairs(df, scenario, SelectConfig(min_margin=1.0))
+    expected, expected_drops = bench.python_select(df.to_dicts(), scenario, min_margin=1.0)
+    got = {r[0]: r[1:] for r in pairs.select("prompt_id", "chosen_candidate_id", "rejected_candidate_id",
+                                             "margin").iter_rows()}
+    assert got == expected and drops == expected_drops
+    # the properties every pair has
+    assert (pairs["chosen_candidate_id"] != pairs["rejected_candidate_id"]).all()
+    assert (pairs["chosen"].str.replace_all(r"\s+", " ").str.strip_chars()
+            != pairs["rejected"].str.replace_all(r"\s+", " ").str.strip_chars()).all()
+    assert (pairs["margin"] >= 1.0).all()
+
+
+def test_pair_ids_are_sha256_of_dataset_and_ids():
+    import hashlib
+    ids = pair_ids("mix-1=0.5", pl.Series(["a", "b"]), pl.Series(["c", "d"]))
+    assert ids.to_list() == [hashlib.sha256(f"mix-1=0.5\x1f{c}\x1f{r}".encode()).hexdigest()[:16]
+                             for c, r in [("a", "c"), ("b", "d")]]
+
+
+# -- mixes ---------------------------------------------------------------------------
+def test_parse_mix():
+    assert parse_mix("1=0.5,4=0.5") == {1: 0.5, 4: 0.5}
+    assert parse_mix("2=1") == {2: 1.0}
+    for bad in ("1=0.5,4=0.6", "1=0,4=1", "1=1.5", "5=1", "1=0.5,1=0.5", "x=1", "1:1", "", "1=nan"):
+        with pytest.raises(PrefdataError) as err:
+            parse_mix(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_apportion_sums_to_total():
+    for total in range(0, 50):
+        counts = apportion(total, {1: 0.3, 2: 0.3, 4: 0.4})
+        assert sum(counts.values()) == total
+        assert all(abs(counts[s] - p * total) < 1 for s, p in {1: 0.3, 2: 0.3, 4: 0.4}.items())
+
+
+def fake_pairs(scenario, prompts):
+    return pl.DataFrame({"prompt_id": [f"p{i:03d}" for i in prompts], "dataset": f"scenario{scenario}",
+                         "scenario": scenario, "chosen_candidate_id": [f"c{scenario}-{i}" for i in prompts],
+                         "rejected_candidate_id": [f"r{scenario}-{i}" for i in prompts]})
+
+
+BY = {1: fake_pairs(1, range(10)), 4: fake_pairs(4, range(20))}
+
+
+def test_mix_largest_total_distinct_prompts_and_proportions():
+    mixed = mix_pairs(BY, {1: 0.5, 4: 0.5}, seed=0)
+    # scenario 1 (scarcer) takes its 10 prompts, scenario 4 the 10 it alone has
+    assert mixed.height == 20 and mixed["prompt_id"].n_unique() == 20
+    assert mixed.group_by("scenario").len().sort("scenario")["len"].to_list() == [10, 10]
+    assert set(mixed["dataset"]) == {"mix-1=0.5,4=0.5"}
+
+
+def test_mix_is_reproducible_and_seeded():
+    a = mix_pairs(BY, {1: 0.25, 4: 0.75}, seed=3, total=12)
+    b = mix_pairs(BY, {1: 0.25, 4: 0.75}, seed=3, total=12)
+    c = mix_pairs(BY, {1: 0.25, 4: 0.75}, seed=4, total=12)
+    assert a.equals(b) and not a.equals(c)
+    assert a.group_by("scenario").len().sort("scenario")["len"].to_list() == [3, 9]
+    assert a["pair_id"].n_unique() == 12
+
+
+def test_mix_errors():
+    with pytest.raises(PrefdataError, match="cannot give 25"):
+        mix_pairs(BY, {1: 0.5, 4: 0.5}, seed=0, total=25)
+    with pytest.raises(PrefdataError, match="not built"):
+        mix_pairs(BY, {1: 0.5, 2: 0.5}, seed=0)
+    same_prompts = {1: fake_pairs(1, range(10)), 4: fake_pairs(4, range(10))}
+    assert mix_pairs(same_prompts, {1: 0.5, 4: 0.5}, seed=0).height == 10
+    assert mix_pairs(same_prompts, {1: 0.5, 4: 0.5}, seed=0, distinct_prompts=False).height == 20
