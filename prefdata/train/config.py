@@ -89,6 +89,9 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.loss, dict):  # from JSON/TOML
             object.__setattr__(self, "loss", LossConfig(**self.loss))
+        for name in ("model_path", "output_dir"):  # Paths become str so the saved config is JSON
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         for name in ("batch_size", "grad_accum", "epochs", "max_length", "probe_pairs", "chunk_positions",
                      "eval_batch_tokens"):
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}", f"use {name} >= 1")

@@ -217,7 +217,9 @@ def test_refuses_bf16_on_cpu_and_pairs_scored_by_another_model(world, tmp_path):
 def test_config_round_trips_through_its_json(loss):
     import json
 
-    cfg = TrainConfig(dataset="scenario1", model_path="m", loss=loss, max_steps=3)
+    from pathlib import Path
+
+    cfg = TrainConfig(dataset="scenario1", model_path=Path("m"), loss=loss, max_steps=3)
     again = TrainConfig.from_dict(json.loads(cfg.to_json()))
     assert again.differences(cfg) == [] and again.to_dict() == cfg.to_dict()
     assert cfg.differences(dataclasses.replace(cfg, checkpoint_every=7, device="cpu")) == []
