@@ -74,10 +74,32 @@ def step_ingest(state: BuildState) -> BuildState:
         key = "src-" + _digest(sorted(new.column("prompt_id").to_pylist()))
         state.ws.write_part("prompts", key, new)
     state.prompts = prompts
-    state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows}
+    state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows,
+                                "heldout_stored": _store_heldout(state, spec)}
     state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
               f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
     return state
+
+
+def _store_heldout(state: BuildState, spec) -> int:
+    """Store up to `cfg.heldout` prompts of the source's test split (never generated for): the
+    trainer measures held-out accuracy on them. A source without a test split stores none."""
+    import pyarrow.compute as pc
+
+    from prefdata.sources import load_prompts
+
+    if state.cfg.heldout <= 0 or spec.split == "test":
+        return 0
+    try:
+        heldout, _ = load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))
+    except PrefdataError:
+        return 0
+    known = state.ws.read("prompts", ["prompt_id"]).column("prompt_id")
+    heldout = heldout.filter(pc.invert(pc.is_in(heldout.column("prompt_id"), value_set=known)))
+    if heldout.num_rows:
+        state.ws.write_part("prompts", "heldout-" + _digest(sorted(heldout.column("prompt_id").to_pylist())),
+                            heldout)
+    return heldout.num_rows
 
 
 def step_generate(state: BuildState) -> BuildState:
@@ -190,6 +212,8 @@ STEPS = [step_ingest, step_generate, step_judge, step_select, step_finish]
 def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole build; returns its summary (also saved in the manifest)."""
     started = time.time()
+    if cfg.quiet:
+        _silence_library_progress()
     ws = Workspace.create(workspace)
     with ws.writer():
         if ws.recovered_lock_from:
@@ -201,19 +225,33 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     return state.summary
 
 
+def _silence_library_progress() -> None:
+    """--quiet also silences transformers' and datasets' own progress bars."""
+    import os
+
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def format_summary(summary: dict) -> str:
     lines = ["", "build summary", "-------------"]
     p = summary["prompts"]
     lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed)")
     for origin, g in summary.get("generation", {}).items():
-        lines.append(f"candidates {origin:<9}{g.get('candidates_written', 0)} new"
+        lines.append(f"candidates {origin:<10}{g.get('candidates_written', 0)} new"
                      + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))
     j = summary["judging"]
     lines.append(f"judged            {j.get('judged', 0)} new by {j['judge']} "
                  f"({j['candidates_in_build']} candidates in this build)")
     for dataset, dropped in summary.get("dropped", {}).items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()) if v) or "none"
-        lines.append(f"dropped {dataset:<11}{reasons}")
+        lines.append(f"dropped {dataset:<12}{reasons}")
     for dataset, n in summary["pairs"].items():
         lines.append(f"pairs out         {dataset}: {n}")
     lines.append(f"time              {summary.get('seconds', 0)} s")

@@ -206,7 +206,7 @@ def train(
     beta_rejected: Optional[float] = typer.Option(None, "--beta-rejected", help="Flex-DPO beta of the rejected term."),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="cDPO label smoothing."),
     sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="Weight of the SFT term (dpo_sft, slic)."),
-    lr: float = typer.Option(5e-6, "--lr", help="Peak learning rate (AdamW)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over the pairs."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (wins over --epochs)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
@@ -236,6 +236,8 @@ def train(
         raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
     ws = Workspace.open(workspace)
     model_path = resolve_model(model)
+    if lr is None:  # the tiny toy models need a far larger step than real LLMs to move visibly
+        lr = 1e-4 if model.startswith("toy:") else 5e-6
     options = {"beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
                "label_smoothing": label_smoothing, "sft_weight": sft_weight}
     loss_cfg = LossConfig(loss, **{k: v for k, v in options.items() if v is not None})

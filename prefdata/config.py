@@ -73,13 +73,14 @@ class BuildConfig:
     select: dict = field(default_factory=dict)  # prefdata.select.SelectConfig fields
     mix: dict[int, float] | None = None
     seed: int = 0
+    heldout: int = 64  # test-split prompts stored for held-out accuracy (not generated for)
     quiet: bool = False
 
     def origins(self) -> set[str]:
         return set().union(*(SCENARIO_ORIGINS[s] for s in self.scenarios))
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "scenarios": list(self.scenarios), "seed": self.seed,
+        out = {"name": self.name, "scenarios": list(self.scenarios), "seed": self.seed, "heldout": self.heldout,
                "mix": {str(k): v for k, v in (self.mix or {}).items()} or None,
                "source": dataclasses.asdict(self.source), "policy": self.policy.to_dict(),
                "other": self.other.to_dict(), "judge": dataclasses.asdict(self.judge), "select": self.select}
@@ -136,7 +137,7 @@ def build_config(raw: dict) -> BuildConfig:
     from prefdata.generate import GenerationConfig, SamplingConfig
     from prefdata.sources import SourceSpec
 
-    allowed = {"name", "scenarios", "mix", "seed", "quiet", "source", "policy", "other", "judge", "select"}
+    allowed = {"name", "scenarios", "mix", "seed", "heldout", "quiet", "source", "policy", "other", "judge", "select"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise PrefdataError(f"unknown top-level key(s) {unknown} in pipeline", f"allowed: {', '.join(sorted(allowed))}")
@@ -170,6 +171,7 @@ def build_config(raw: dict) -> BuildConfig:
     name = raw.get("name") or (_mix_name(mix) if mix else f"scenario{scenarios[0]}")
     return BuildConfig(
         name=str(name), scenarios=scenarios, mix=mix, seed=seed, quiet=quiet,
+        heldout=int(raw.get("heldout", 64)),
         source=_make(SourceSpec, "source", source),
         policy=generation("policy"), other=generation("other"),
         judge=_make(JudgeConfig, "judge", dict(raw.get("judge", {}))),
