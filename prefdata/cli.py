@@ -259,6 +259,31 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
 
 
 @app.command()
+def study(
+    workspace: Path = typer.Argument(Path("prefdata-study"), help="Workspace directory for the study."),
+    limit: int = typer.Option(256, "--limit", help="Training prompts per scenario."),
+    n: int = typer.Option(8, "--n", help="Policy samples per prompt (the study's N)."),
+    m: int = typer.Option(4, "--m", help="Other-model samples per prompt."),
+    backend: str = typer.Option("auto", "--backend", help="Generation backend: auto, vllm, transformers."),
+    loss: str = typer.Option("dpo", "--loss", help="Loss for every scenario: dpo, ipo, cdpo, flex_dpo, dpo_sft, slic."),
+    epochs: int = typer.Option(2, "--epochs", help="Training epochs per scenario."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run the whole study on the toy world: build scenarios 1-4, score, train each, report.
+
+    Prints the analogues of the study's Table 1 (chosen/rejected log-probs before and after
+    DPO) and Table 2 (held-out accuracy before and after), and saves them in WORKSPACE/runs/.
+    """
+    from prefdata.study import StudyConfig, run_study
+
+    result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
+                                              epochs=epochs, lr=lr, seed=seed), log=typer.echo)
+    (workspace / "runs" / "study.txt").write_text(result["tables"] + "\n")
+    typer.echo("\n" + result["tables"])
+
+
+@app.command()
 def query(
     workspace: Path = typer.Argument(..., help="Workspace directory."),
     sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
