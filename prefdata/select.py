@@ -186,8 +186,8 @@ def _group_by_prompt(df: pl.DataFrame) -> pl.DataFrame:
     the frame is first sorted by prompt_id (slower, same result).
     """
     df = df.with_columns(pl.col("prompt_id").rle_id().alias("_g"))
-    starts = df.select(pl.col("_g").search_sorted(pl.col("_g").unique(maintain_order=True)))
-    if df["prompt_id"].gather(starts.to_series()).is_duplicated().any():
+    run_starts = df.select(pl.col("prompt_id").filter(pl.col("_g") != pl.col("_g").shift(1, fill_value=-1)))
+    if run_starts.to_series().is_duplicated().any():  # some prompt appears in two separate runs
         df = df.sort("prompt_id", maintain_order=True).with_columns(pl.col("prompt_id").rle_id().alias("_g"))
     return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
 
