@@ -46,10 +46,10 @@ class ToyModelConfig:
     """Shape of a toy model; the defaults are what the shipped weights use."""
 
     hidden_size: int = 128
-    num_layers: int = 3
+    num_layers: int = 2
     num_heads: int = 2
     head_dim: int = 64
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     max_positions: int = 512
 
 

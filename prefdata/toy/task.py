@@ -37,9 +37,10 @@ from typing import Iterator, Sequence
 SPLITS = ("train", "test")
 # Small numbers keep the arithmetic learnable by a tiny character-level model
 # in a minute of CPU time; every intermediate result stays in 0..MAX_VALUE.
-MAX_VALUE = 60
-MAX_OPERAND = 20  # for +, - and the starting number
-MAX_FACTOR = 4  # for *
+MAX_VALUE = 40
+MAX_START = 20
+MAX_OPERAND = 9  # for + and -: one digit to copy
+MAX_FACTOR = 3  # for *
 # Probability of 1, 2 and 3 operations. The default keeps a tiny model near 50%.
 DEFAULT_MIX = (0.4, 0.35, 0.25)
 _TEST_BUCKETS = 10  # 1 in 10 questions belongs to the held-out split
@@ -123,7 +124,7 @@ def split_of(question: str) -> str:
 
 def random_problem(rng: random.Random, difficulty: int) -> Problem:
     """Draw one problem with ``difficulty`` operations; all values stay in 0..MAX_VALUE."""
-    cur = rng.randint(1, MAX_OPERAND)
+    cur = rng.randint(1, MAX_START)
     start, ops = cur, []
     for _ in range(difficulty):
         choices = ["+", "-"]

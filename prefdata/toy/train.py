@@ -30,7 +30,7 @@ class TrainConfig:
 
     style: str
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 20
@@ -42,7 +42,7 @@ class TrainConfig:
 # to be a plausible, different, imperfect writer.
 RECIPES = {
     "policy": TrainConfig(style="policy"),
-    "other": TrainConfig(style="other"),
+    "other": TrainConfig(style="other", steps=400),
 }
 
 
