@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = train_toy_models(args.out, seed=args.seed, quiet=args.quiet)
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     elif args.cmd == "measure":
-        from .measure import format_report, measure
+        from .measure import format_report, measure_with_threads
 
-        m = measure(args.policy, args.other, n=args.n, seed=args.seed)
+        m = measure_with_threads(args.policy, args.other, n=args.n, seed=args.seed)
         print(json.dumps(m, indent=2) if args.json else format_report(m))
     else:
         from .task import write_split

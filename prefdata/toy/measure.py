@@ -96,11 +96,8 @@ def _mean(xs: Sequence[float]) -> float:
 def measure(policy_dir: str | Path | None = None, other_dir: str | Path | None = None,
             n: int = 200, seed: int = 0, data_seed: int = 0) -> dict:
     """Accuracies and mean per-token log-probs under the policy, on ``n`` test problems."""
-    import torch
+    from .train import ensure_toy_models
 
-    from .train import THREADS, ensure_toy_models
-
-    torch.set_num_threads(THREADS)
     if policy_dir is None or other_dir is None:
         paths = ensure_toy_models()
         policy_dir = policy_dir or paths["policy"]
@@ -127,6 +124,18 @@ def measure(policy_dir: str | Path | None = None, other_dir: str | Path | None =
         "examples": [{"question": questions[i], "policy": own[i], "other": oth[i],
                       "reference": refs[i]} for i in range(min(3, n))],
     }
+
+
+def measure_with_threads(*args, threads: int = 2, **kwargs) -> dict:
+    """``measure`` on ``threads`` intra-op threads (the CLI path), restoring the setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure(*args, **kwargs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def format_report(m: dict) -> str:

@@ -88,10 +88,19 @@ def train_one(role: str, out_dir: str | Path, seed: int = 0, cfg: TrainConfig | 
     """Train one toy model into ``out_dir``; return its training summary."""
     import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _train_one(role, out_dir, seed, cfg or RECIPES[role], quiet)
+    finally:
+        torch.set_num_threads(before)  # callers (tests, the pipeline) keep their setting
+
+
+def _train_one(role: str, out_dir: str | Path, seed: int, cfg: TrainConfig, quiet: bool) -> dict:
+    import torch
+
     from .model import build_model, build_tokenizer, save_model
 
-    cfg = cfg or RECIPES[role]
-    torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     tok = build_tokenizer()
     # Different init per role even with one seed: they are different models.
@@ -175,7 +184,7 @@ def cache_dir() -> Path:
 def ensure_toy_models(quiet: bool = True) -> dict[str, Path]:
     """Paths of a usable policy and other model: the shipped ones, else a cached retrain.
 
-    Retraining (about three minutes on two cores) happens only when the shipped
+    Retraining (a few minutes on two idle cores) happens only when the shipped
     weights are missing, e.g. in a source tree without them.
     """
     shipped = {"policy": policy_path(), "other": other_path()}
