@@ -11,6 +11,7 @@ write files (no COPY ... TO, no EXPORT, no ATTACH).
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -54,6 +55,7 @@ def connect(ws: Workspace) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F8
 
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
 def check_read_only(sql: str) -> None:
@@ -72,6 +74,14 @@ def check_read_only(sql: str) -> None:
         if kind not in _ALLOWED:
             raise PrefdataError(f"{kind} statements are not allowed: prefdata query is read-only",
                                 "use SELECT queries only; export data with `prefdata export`")
+        if kind == "EXPLAIN":
+            # EXPLAIN ANALYZE runs the statement it wraps (e.g. COPY ... TO a file): check that one too.
+            # Anything the pattern cannot strip (comments, options) fails to parse and is refused.
+            inner = _EXPLAIN.sub("", statement.query, count=1)
+            if inner == statement.query:
+                raise PrefdataError("this EXPLAIN form is not allowed: prefdata query is read-only",
+                                    "write EXPLAIN [ANALYZE] SELECT ...")
+            check_read_only(inner)
 
 
 def run_query(ws: Workspace, sql: str) -> pa.Table:
