@@ -98,6 +98,7 @@ class Workspace:
         self.root = Path(root)
         self._lock_fd: int | None = None
         self.recovered_lock_from: int | None = None
+        self.removed_temp_files: list[Path] = []
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -165,12 +166,25 @@ class Workspace:
         os.fsync(fd)
         self._lock_fd = fd
         try:
+            self.removed_temp_files = self._remove_stale_temp_files()
             yield self
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             self._lock_fd = None
+
+    def _remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files (`.<name>.<pid>.tmp`) that a killed writer left behind. Readers never
+        see them (they glob `part-*.parquet`), but they would pile up; only dead writers' files go."""
+        removed = []
+        for folder in [self.root, *(self.root / t for t in TABLES)]:
+            for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+                match = re.fullmatch(r"\..+\.(\d+)\.tmp", path.name)
+                if match and (int(match.group(1)) == os.getpid() or not _pid_alive(int(match.group(1)))):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     def _require_writer(self) -> None:
         if self._lock_fd is None:
