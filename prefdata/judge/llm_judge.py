@@ -108,6 +108,21 @@ def parse_verdict(output: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _verdict_line_in_response(output: str, response: str) -> bool:
+    """True when the output's final (verdict) line also appears as a line of the response.
+
+    A judge cut off while quoting the response, or one that repeats its input, would end
+    with the response's own forged ``VERDICT: 5``; such an output is treated as unparsed
+    (retried, then ``parse_error``). The price: a response that itself contains a verdict
+    line can never get that same verdict, which only injection attempts do.
+    """
+    def norm(line: str) -> str:
+        return line.strip().strip("*_`").strip()
+
+    lines = [line for line in output.splitlines() if line.strip()]
+    return bool(lines) and norm(lines[-1]) in {norm(line) for line in response.splitlines()}
+
+
 @dataclass(frozen=True)
 class LLMJudgeConfig:
     model_name: str  # names the judge: judge_name = "llm:<model_name>"
@@ -144,6 +159,8 @@ class LLMJudge:
                 output = output if isinstance(output, str) else ""
                 last_output[i] = output
                 score = parse_verdict(output)
+                if score is not None and _verdict_line_in_response(output, items[i].response):
+                    score = None  # the "verdict" may be the judge echoing the response: not trusted
                 if score is None:
                     failed.append(i)
                     continue
