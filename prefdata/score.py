@@ -54,17 +54,26 @@ def pick_device(device: str | None = None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(path: str | Path, device=None):
-    """(model, tokenizer) from a local HF directory; weights in fp32 (bf16 comes from autocast)."""
+def load_model(path: str | Path, device=None, *, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """(model, tokenizer) from a local HF directory; weights in fp32 (bf16 comes from autocast).
+
+    Safetensors weights only and no custom code from the directory, unless the caller opts in.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise PrefdataError(f"{path} is not a Hugging Face model directory (no config.json)",
-                            "pass the directory that holds config.json, weights and tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    from prefdata.generate.model import validate_model_dir
+
+    path = validate_model_dir(path, allow_pickle=allow_pickle)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=not allow_pickle,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PrefdataError(f"cannot load the model in {path}: {first}",
+                            "check the model directory; set trust_remote_code only if you trust its code"
+                            ) from None
     return model.to(pick_device(device)), tokenizer
 
 
