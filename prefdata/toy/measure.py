@@ -23,9 +23,10 @@ def load(path: str | Path):
     """(model, tokenizer) from a toy model directory, in eval mode on CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", use_safetensors=True,
+                                                 trust_remote_code=False)
     model.eval()
     return model, tok
 
