@@ -20,6 +20,8 @@ The resolved config is saved in the workspace manifest beside the output.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 from prefdata.errors import PrefdataError
 
 SCENARIOS = (1, 2, 3, 4)
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")  # = a store part key
 TOY = "toy"  # source / model name that means "the embedded toy world"
 SCENARIO_ORIGINS = {  # which candidate origins each scenario draws from
     1: {"policy"}, 2: {"reference", "policy"}, 3: {"policy", "other"}, 4: {"reference", "other"},
@@ -169,14 +172,31 @@ def build_config(raw: dict) -> BuildConfig:
     source = dict(raw.get("source", {}))
     source.setdefault("path_or_name", TOY)
     name = raw.get("name") or (_mix_name(mix) if mix else f"scenario{scenarios[0]}")
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
+        # the name becomes a pairs part key and an export file name: it must not hold a path
+        raise PrefdataError(f"dataset name {name!r} is not allowed",
+                            "use letters, digits and . _ - = (starting with a letter or digit), e.g. name = \"gsm-s2\"")
+    select = dict(raw.get("select", {}))
+    _check_select(select)
     return BuildConfig(
         name=str(name), scenarios=scenarios, mix=mix, seed=seed, quiet=quiet,
         heldout=int(raw.get("heldout", 64)),
         source=_make(SourceSpec, "source", source),
         policy=generation("policy"), other=generation("other"),
         judge=_make(JudgeConfig, "judge", dict(raw.get("judge", {}))),
-        select=dict(raw.get("select", {})),
+        select=select,
     )
+
+
+def _check_select(select: dict) -> None:
+    """Fail before any model work on [select] keys or values that selection would reject later."""
+    from prefdata.select import SelectConfig
+
+    _make(SelectConfig, "select", select)
+    margin = select.get("min_margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise PrefdataError(f"select.min_margin={margin!r} is not a finite number >= 0",
+                            "use e.g. --min-margin 0.5 (0 keeps every pair whose chosen score is higher)")
 
 
 def _mix_name(mix: dict[int, float]) -> str:
