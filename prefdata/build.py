@@ -136,9 +136,15 @@ def make_judge(cfg: BuildConfig):
     if judge_cfg.kind == "reward_model":
         from prefdata.judge import RewardModelConfig, RewardModelJudge
 
-        return RewardModelJudge(RewardModelConfig(model=judge_cfg.model,
+        return RewardModelJudge(RewardModelConfig(model_path=judge_cfg.model,
                                                   trust_remote_code=judge_cfg.trust_remote_code))
-    from prefdata.judge.serve import llm_judge_from_config
+    try:
+        from prefdata.judge.serve import llm_judge_from_config
+    except ModuleNotFoundError as err:
+        if err.name != "prefdata.judge.serve":
+            raise
+        raise PrefdataError("the llm judge is not available in `prefdata build` in this version",
+                            "use --judge verifier or --judge reward_model") from None
 
     return llm_judge_from_config(judge_cfg)
 
