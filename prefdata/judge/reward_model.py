@@ -18,6 +18,7 @@ which is the end of the response, so that end is what must survive.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -109,4 +110,9 @@ class RewardModelJudge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         scores = self.score_texts([self.render(item) for item in items])
+        bad = sum(not math.isfinite(score) for score in scores)
+        if bad:  # a NaN would sort above every real score and silently pick pairs
+            raise PrefdataError(f"reward model {self.config.model_path} gave non-finite scores (NaN/inf) "
+                                f"for {bad} of {len(scores)} responses",
+                                "check its weights and dtype (float16 overflows), or use another judge")
         return [Verdict(score, None, "ok", f"{score:.6g}") for score in scores]
