@@ -13,6 +13,15 @@ Exactness of resume: the data order of epoch e is a pure function of
 holds model, optimizer, RNG states, the step and the measurement history. So
 "4 steps" and "2 steps, killed, resumed for 2" give the same weights.
 
+Under torchrun (`torchrun --nproc_per_node=K -m prefdata.train ...` or around
+`prefdata train`) the process group comes from the environment (distributed.py).
+The global batch stays `batch_size * grad_accum` pairs whatever K is: each rank
+takes the strided slice batch[rank::K] in micro-batches of at most `batch_size`,
+DDP (default) or FSDP2 (`fsdp=True`, or PREFDATA_FSDP=1) averages the gradients,
+and the per-pair losses are scaled so the step equals the single-process one.
+Every rank runs the same evaluations (so all return the report); only rank 0
+writes files. A run resumes on any number of processes.
+
 >>> from prefdata.train.config import TrainConfig
 >>> result = train(ws, TrainConfig(dataset="scenario2", model_path="prefdata/toy/weights/policy",
 ...                                lr=1e-4, max_steps=100))       # doctest: +SKIP
@@ -42,7 +51,7 @@ CHECKPOINTS = "checkpoints"
 
 def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None,
           on_step: Callable[[int, dict], None] | None = None,
-          progress: Callable[[str], None] | None = None) -> dict:
+          progress: Callable[[str], None] | None = None, fsdp: bool | None = None) -> dict:
     """Train `cfg.model_path` on the pairs of `cfg.dataset`; returns the report dict.
 
     Writes `config.json`, `log.jsonl`, `checkpoints/`, `model/` (HF format) and
@@ -50,19 +59,36 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
     Resumes from the newest checkpoint there when `cfg.resume`. `verify(text,
     reference_answer) -> bool` grades greedy answers to held-out prompts
     (default: the toy task's answer extraction). `on_step(step, metrics)` is
-    called after every optimizer step (and after its checkpoint).
-    Raises `TrainingDiverged` on a NaN/inf loss or gradient.
+    called after every optimizer step (and after its checkpoint), on every rank.
+    `fsdp` shards the model with FSDP2 when run by several processes (default: the
+    PREFDATA_FSDP environment variable; otherwise DDP). Raises `TrainingDiverged` on
+    a NaN/inf loss or gradient.
     """
+    from prefdata.train.distributed import broadcast_object, init_from_env
+
+    ctx = init_from_env("cpu" if str(cfg.device or "").startswith("cpu") else None)
+    if fsdp is None:
+        fsdp = os.environ.get("PREFDATA_FSDP", "0").lower() in ("1", "true", "yes")
     run_dir = cfg.run_dir(ws)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):  # two processes training into one directory would corrupt each other
-        return _train(ws, cfg, run_dir, verify, on_step, progress)
+    with contextlib.ExitStack() as stack:
+        locked = None
+        if ctx.main:  # rank 0 owns the run directory; the other ranks only read from it
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:  # two runs training into one directory would corrupt each other
+                stack.enter_context(_run_lock(run_dir))
+            except WorkspaceLocked as err:
+                locked = err.args[0] if err.args else str(err)
+        locked = broadcast_object(locked, ctx)  # every rank fails alike, none waits forever
+        if locked:
+            raise WorkspaceLocked(locked, "wait for it to finish, or train into another output directory")
+        return _train(ws, cfg, run_dir, verify, on_step, progress if ctx.main else None, ctx, fsdp)
 
 
-def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> dict:
+def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, fsdp: bool) -> dict:
     import torch
 
     from prefdata.score import load_model, model_hash, packed_batch, pick_device, sequence_logps
+    from prefdata.train import distributed as dist
     from prefdata.train import report
     from prefdata.train.losses import compute_loss
 
@@ -70,6 +96,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> di
     started = time.time()
     ckpt_dir = run_dir / CHECKPOINTS
     device = pick_device(cfg.device)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process
     bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     if bf16 and device.type != "cuda":
         raise PrefdataError("bf16 training needs a CUDA GPU", "leave bf16 off on CPU (fp32 is used)")
@@ -86,6 +114,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> di
     model, tokenizer = load_model(cfg.model_path, device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    # runner(batch): the summed log-probs through DDP/FSDP (the plain model when alone)
+    runner, params = dist.wrap(model, ctx, fsdp and ctx.active, device, cfg.chunk_positions)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = report.tokenize_pairs(tokenizer, pairs)
     keep = [i for i in range(len(data["chosen"]))
@@ -127,26 +157,30 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> di
             return cfg.lr * (1 - frac)
         return cfg.lr
 
-    def policy_logps(idx: list[int]):
-        """Summed completion log-probs (fp64) of chosen and rejected of pairs `idx`, one packed forward."""
+    def policy_logps(idx: list[int], through):
+        """Summed completion log-probs (fp64) of chosen and rejected of pairs `idx`, one packed forward.
+
+        `through` is the DDP/FSDP runner in training steps; measurements pass a plain
+        model, whose gradients then stay rank-local (the gradient probe)."""
         seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
         batch = packed_batch(seqs, cfg.max_length, pad_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            sums = sequence_logps(model, batch, cfg.chunk_positions)
+            sums = through(batch) if through is runner else sequence_logps(through, batch, cfg.chunk_positions)
         return sums[:len(idx)], sums[len(idx):]
 
-    def loss_of(idx: list[int], detach: str | None = None):
-        pc, pr = policy_logps(idx)
+    def loss_of(idx: list[int], detach: str | None = None, through=model):
+        pc, pr = policy_logps(idx, through)
         # detach one side to get the gradient through the other alone (report's gradient probe)
         pc, pr = (pc.detach() if detach == "chosen" else pc), (pr.detach() if detach == "rejected" else pr)
         t = torch.tensor(idx, device=device)
         return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t])
 
     # ---- optimizer, and resume -------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: dict = {"train": [], "eval": [], "grads": [], "before": {}}
     step = 0
-    checkpoint = _latest_checkpoint(ckpt_dir) if cfg.resume else None
+    # rank 0 chooses; every rank then reads that file (the run directory is shared, like the workspace)
+    checkpoint = dist.broadcast_object(_latest_checkpoint(ckpt_dir) if cfg.resume and ctx.main else None, ctx)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         changed = cfg.differences(TrainConfig.from_dict(state["config"]))
@@ -155,91 +189,119 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress) -> di
             raise PrefdataError(f"{run_dir} holds a run with different {what}",
                                 "pass the same options to resume it, resume=False to start over, "
                                 "or another output directory")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_checkpoint_state(runner, model, optimizer, state["model"], state["optimizer"])
         _set_rng(state["rng"])
         step, history = state["step"], json.loads(state["history"])
         say(f"resumed {run_dir.name} at step {step} from {checkpoint.name}")
-        # drop log lines of steps after the checkpoint: they are about to be redone
-        (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history["train"]))
-        if step == total_steps and (run_dir / "report.json").is_file() and (run_dir / "model").is_dir():
+        if ctx.main:  # drop log lines of steps after the checkpoint: they are about to be redone
+            (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history["train"]))
+        finished = step == total_steps and (run_dir / "report.json").is_file() and (run_dir / "model").is_dir()
+        if dist.broadcast_object(finished, ctx):
             return json.loads((run_dir / "report.json").read_text())  # finished already
     else:
-        if ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # resume=False: start over, never mix two runs' checkpoints
-        ckpt_dir.mkdir(parents=True)
-        (run_dir / "log.jsonl").write_text("")
+        if ctx.main:
+            if ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)  # resume=False: start over, never mix two runs' checkpoints
+            ckpt_dir.mkdir(parents=True)
+            (run_dir / "log.jsonl").write_text("")
         torch.manual_seed(cfg.seed)  # only dropout draws from it (the toy has none); resume restores it
-    (run_dir / "config.json").write_text(cfg.to_json())
+    if ctx.main:
+        (run_dir / "config.json").write_text(cfg.to_json())
 
     evalset = report.build_evalset(ws, cfg, tokenizer, pairs, keep, data)
     if step == 0:
         say(f"measuring the base model on {len(evalset.eval_idx)} eval pairs")
-        history["before"] = report.measure(model, tokenizer, evalset, cfg, bf16)
-        history["before"]["accuracy"] = report.accuracy(model, tokenizer, evalset, cfg, verify, bf16)
-        history["eval"].append({"step": 0, **history["before"]})
-        history["grads"].append({"step": 0, **report.gradient_norms(model, loss_of, evalset)})
+        with dist.whole_model(runner, model) as whole:  # measured on every rank, on the whole model
+            history["before"] = report.measure(whole, tokenizer, evalset, cfg, bf16)
+            history["before"]["accuracy"] = report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)
+            history["eval"].append({"step": 0, **history["before"]})
+            history["grads"].append({"step": 0, **_probe(whole, loss_of, evalset, report)})
 
     # ---- the loop --------------------------------------------------------------------------------
+    parallel = f", {ctx.world} processes ({'FSDP' if fsdp else 'DDP'})" if ctx.active else ""
     say(f"training {cfg.run_name}: {n} pairs, {total_steps} steps of {cfg.pairs_per_step} pairs, "
-        f"{device.type}{' bf16' if bf16 else ''}")
+        f"{device.type}{' bf16' if bf16 else ''}{parallel}")
     model.train()
     while step < total_steps:
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = batch_at(step)
-        loss_sum, chosen_rewards, rejected_rewards = 0.0, [], []
-        for start in range(0, len(batch), cfg.batch_size):
-            micro = batch[start:start + cfg.batch_size]
-            out = loss_of(micro)
-            if not torch.isfinite(out.loss):
-                _diverged(f"loss is {out.loss.item()}", step + 1, ckpt_dir)
-            # per-pair losses summed over the whole step's pairs: accumulation equals one big batch
-            (out.losses.sum() / len(batch)).backward()
-            loss_sum += out.losses.detach().sum().item()
-            chosen_rewards.append(out.chosen_rewards)
-            rejected_rewards.append(out.rejected_rewards)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+        # [loss, chosen reward, rejected reward, reward accuracy, non-finite losses]: sums over this rank
+        sums = [0.0] * 5
+        micros = dist.shard_of(batch, cfg.batch_size, ctx)
+        for k, micro in enumerate(micros):
+            # a rank left without pairs (end of an epoch) still joins the collectives, at weight 0
+            weight = ctx.world / len(batch) if micro else 0.0
+            with dist.no_sync(runner, last=k == len(micros) - 1):
+                out = loss_of(micro or batch[:1], through=runner)
+                # per-pair losses over the global batch, times K because DDP/FSDP average over ranks:
+                # accumulation and K processes both equal one big batch
+                (out.losses.sum() * weight).backward()
+            if micro:
+                losses = out.losses.detach()
+                sums[0] += losses.sum().item()
+                sums[1] += out.chosen_rewards.sum().item()
+                sums[2] += out.rejected_rewards.sum().item()
+                sums[3] += (out.chosen_rewards > out.rejected_rewards).double().sum().item()
+                sums[4] += (~torch.isfinite(losses)).sum().item()
+        sums = dist.all_reduce_sum(sums, ctx, device)
+        if sums[4] or not math.isfinite(sums[0]):
+            _diverged(f"loss is {sums[0]}", step + 1, ckpt_dir)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor; every rank gets the global norm
+            grad_norm = grad_norm.full_tensor()
         if not torch.isfinite(grad_norm):
             _diverged(f"gradient norm is {grad_norm.item()}", step + 1, ckpt_dir)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        rc, rr = torch.cat(chosen_rewards), torch.cat(rejected_rewards)
         record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "lr": lr,
-                  "loss": loss_sum / len(batch), "grad_norm": grad_norm.item(),
-                  "chosen_reward": rc.mean().item(), "rejected_reward": rr.mean().item(),
-                  "reward_accuracy": (rc > rr).double().mean().item(), "seconds": time.time() - started}
+                  "loss": sums[0] / len(batch), "grad_norm": grad_norm.item(),
+                  "chosen_reward": sums[1] / len(batch), "rejected_reward": sums[2] / len(batch),
+                  "reward_accuracy": sums[3] / len(batch), "seconds": time.time() - started}
         history["train"].append(record)
-        with open(run_dir / "log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if ctx.main:
+            with open(run_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-            history["eval"].append({"step": step, **report.measure(model, tokenizer, evalset, cfg, bf16)})
-            history["grads"].append({"step": step, **report.gradient_norms(model, loss_of, evalset)})
+            with dist.whole_model(runner, model) as whole:
+                history["eval"].append({"step": step, **report.measure(whole, tokenizer, evalset, cfg, bf16)})
+                history["grads"].append({"step": step, **_probe(whole, loss_of, evalset, report)})
             model.train()
             say(f"step {step}/{total_steps} loss {record['loss']:.4f} "
                 f"chosen {history['eval'][-1]['chosen']:.3f} rejected {history['eval'][-1]['rejected']:.3f}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
-            _save_checkpoint(ckpt_dir, step, cfg, model, optimizer, history, pair_digest)
+            _save_checkpoint(ckpt_dir, step, cfg, dist.checkpoint_state(runner, model, optimizer), history,
+                             pair_digest, ctx.main)
         if on_step:
             on_step(step, record)
 
     # ---- the result: Table 1 over all pairs, held-out accuracy, the HF model, the report --------
     model.eval()
-    after = report.table1_after(model, tokenizer, prompts, chosen, rejected, cfg, bf16)
+    with dist.whole_model(runner, model) as whole:
+        after = report.table1_after(whole, tokenizer, prompts, chosen, rejected, cfg, bf16)
+        final = {**history["eval"][-1], "accuracy": report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)}
+        if ctx.main:
+            _save_hf_model(whole, tokenizer, cfg.model_path, run_dir / "model")
     before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
               "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
-    final = {**history["eval"][-1], "accuracy": report.accuracy(model, tokenizer, evalset, cfg, verify, bf16)}
-    _save_hf_model(model, tokenizer, cfg.model_path, run_dir / "model")
     result = report.assemble(cfg, history, final, before, after, evalset,
                              {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
                               "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
-                              "seconds": round(time.time() - started, 2)})
-    report.write_report(run_dir, result)
+                              "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
+                              else None, "seconds": round(time.time() - started, 2)})
+    if ctx.main:
+        report.write_report(run_dir, result)
     say(report.format_run(result))
+    dist.barrier()  # the other ranks return once rank 0's files are complete
     return result
+
+
+def _probe(whole, loss_of, evalset, report) -> dict:
+    """The gradient probe on `whole` (the plain model, or FSDP's gathered copy)."""
+    return report.gradient_norms(whole, lambda idx, detach=None: loss_of(idx, detach, through=whole), evalset)
 
 
 @contextlib.contextmanager
@@ -291,15 +353,20 @@ def _set_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _save_checkpoint(ckpt_dir: Path, step: int, cfg: TrainConfig, model, optimizer, history: dict,
-                     pair_digest: str) -> Path:
-    """Everything a resume needs, in one file written atomically; keeps the newest few."""
+def _save_checkpoint(ckpt_dir: Path, step: int, cfg: TrainConfig, states: tuple[dict, dict], history: dict,
+                     pair_digest: str, main: bool = True) -> Path:
+    """Everything a resume needs, in one file written atomically (by rank 0); keeps the newest few.
+
+    `states` = (model state, optimizer state) from `distributed.checkpoint_state`: full and
+    index-keyed whatever the parallelism, so any number of processes can resume it."""
     import torch
 
     path = ckpt_dir / f"step-{step:08d}.pt"
+    if not main:
+        return path
     tmp = ckpt_dir / f".{path.name}.tmp"
     # history as JSON text: the checkpoint then loads with weights_only=True (no pickled objects)
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"step": step, "model": states[0], "optimizer": states[1],
                 "rng": _rng_state(), "history": json.dumps(history), "config": cfg.to_dict(),
                 "pair_digest": pair_digest}, tmp)
     with open(tmp, "rb+") as fh:
@@ -332,7 +399,11 @@ def _save_hf_model(model, tokenizer, source: str, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.to(dtype).save_pretrained(tmp, safe_serialization=True)
+    # cast a copy of the weights, not the live model (under FSDP its parameters are gathered views);
+    # one cast per storage keeps tied weights tied, so save_pretrained stores them once
+    cast: dict = {}
+    state = {k: cast.setdefault(v.data_ptr(), v.detach().to(dtype)) for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
