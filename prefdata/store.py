@@ -83,6 +83,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _readable(path: Path, read):
+    """`read(path)`, with a corrupted part reported as a one-line PrefdataError naming it."""
+    try:
+        return read(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PrefdataError(f"part {path} is not readable Parquet ({first})",
+                            "move it out of the workspace and re-run the build that wrote it; "
+                            "the build regenerates missing parts") from None
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -227,7 +238,7 @@ class Workspace:
         if not paths:
             result = empty(table)
         else:
-            result = pa.concat_tables(conform(table, pq.read_table(p)) for p in paths)
+            result = pa.concat_tables(conform(table, _readable(p, pq.read_table)) for p in paths)
         return result.select(columns) if columns else result
 
     def read_polars(self, table: str, columns: list[str] | None = None):
@@ -236,7 +247,7 @@ class Workspace:
         return pl.from_arrow(self.read(table, columns))
 
     def count(self, table: str) -> int:
-        return sum(pq.read_metadata(p).num_rows for p in self.parts(table))
+        return sum(_readable(p, pq.read_metadata).num_rows for p in self.parts(table))
 
     # -- manifest --------------------------------------------------------------
     def manifest(self) -> dict:
@@ -262,7 +273,7 @@ class Workspace:
                 known = old_parts[table].get(path.name, {})
                 same = known.get("bytes") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns
                 parts[path.name] = {
-                    "rows": known["rows"] if same else pq.read_metadata(path).num_rows,
+                    "rows": known["rows"] if same else _readable(path, pq.read_metadata).num_rows,
                     "bytes": stat.st_size,
                     "mtime_ns": stat.st_mtime_ns,
                     "sha256": known["sha256"] if same else _sha256_file(path),
