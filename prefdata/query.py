@@ -45,7 +45,13 @@ def connect(ws: Workspace) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F8
                 pq.write_table(empty(table), stub)
                 paths = [str(stub)]
             files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
-            setup.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({files})")
+            try:
+                setup.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({files})")
+            except duckdb.Error as err:  # e.g. a corrupted part: DuckDB reads the files' schemas here
+                setup.close()
+                raise PrefdataError(f"cannot read the {table} table of {ws.root}: {str(err).splitlines()[0]}",
+                                    "move the corrupted part out of the workspace and re-run the build "
+                                    "that wrote it") from None
         setup.close()
         con = duckdb.connect(str(db_path), read_only=True)
         try:
