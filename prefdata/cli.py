@@ -364,8 +364,9 @@ def toy_data(
 def _check_output_path(output: Optional[Path]) -> None:
     if output is not None and output.is_dir():
         raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
-    if output is not None and not output.parent.exists():
-        raise PrefdataError(f"directory {output.parent} does not exist", "create it or choose another --output")
+    if output is not None and not output.parent.is_dir():
+        raise PrefdataError(f"directory {output.parent} does not exist (or is not a directory)",
+                            "create it or choose another --output")
 
 
 def main() -> None:
