@@ -316,8 +316,10 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
                "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0}
     with ws.writer():
         model = tokenizer = None
+        known: set[str] = set()
         for path in ws.parts("pairs"):
             table = conform("pairs", pq.read_table(path))
+            known.update(table["dataset"].to_pylist())
             selected = [dataset is None or d == dataset for d in table["dataset"].to_pylist()]
             if not any(selected):
                 continue
@@ -348,6 +350,9 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
             summary["parts_scored"] += 1
             summary["rows_scored"] += n
             say(f"scored {n} pairs in part {key}")
+        if dataset is not None and dataset not in known:
+            raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
+                                f"choose one of: {', '.join(sorted(known))}" if known else "build pairs first")
         summary["seconds"] = round(time.time() - started, 3)
         ws.write_manifest("score", {k: v for k, v in summary.items() if k != "seconds"})
     return summary
