@@ -240,7 +240,11 @@ def train(
         lr = 1e-4 if model.startswith("toy:") else 5e-6
     options = {"beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
                "label_smoothing": label_smoothing, "sft_weight": sft_weight}
-    loss_cfg = LossConfig(loss, **{k: v for k, v in options.items() if v is not None})
+    try:
+        loss_cfg = LossConfig(loss, **{k: v for k, v in options.items() if v is not None})
+    except ValueError as err:  # unknown loss, beta <= 0 or NaN, ...
+        raise PrefdataError(f"bad loss settings: {err}", "see `prefdata train --help` for the losses and their options"
+                            ) from None
     cfg = TrainConfig(dataset=name, model_path=model_path, loss=loss_cfg, lr=lr, epochs=epochs,
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                       bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
