@@ -76,13 +76,18 @@ def _destroy() -> None:
 
 
 @contextlib.contextmanager
-def rank_zero_first(ctx: DistContext | None = None):
+def rank_zero_first(device: str | None = None):
     """Run the block on rank 0 first, then on the others (which find its work done).
 
     For steps that write the workspace, e.g. scoring the pairs before training: two
-    ranks would otherwise race for the workspace writer lock.
+    ranks would otherwise race for the workspace writer lock (exit code 3). `device` is
+    the training device option ("cpu" keeps gloo on a GPU machine). Outside torchrun it
+    just runs the block.
+
+    >>> with rank_zero_first("cpu"):          # doctest: +SKIP
+    ...     score_pairs(ws, model_path, dataset=name, device="cpu")
     """
-    ctx = ctx or init_from_env()
+    ctx = init_from_env("cpu" if str(device or "").startswith("cpu") else None)
     if ctx.active and not ctx.main:
         barrier()
     yield ctx
