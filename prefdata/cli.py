@@ -235,6 +235,8 @@ def train(
     if name is None:
         raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
     ws = Workspace.open(workspace)
+    if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+        raise PrefdataError(f"output directory {output_dir} is a file", "give --output-dir a directory path")
     model_path = resolve_model(model)
     if lr is None:  # the tiny toy models need a far larger step than real LLMs to move visibly
         lr = 1e-4 if model.startswith("toy:") else 5e-6
