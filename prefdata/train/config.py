@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "eval_every", "eval_pairs", "heldout_responses",
                      "heldout_prompts", "max_new_tokens", "keep_checkpoints"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)}", f"use {name} >= 0")
-        _check(self.lr > 0, f"lr={self.lr}", "use a learning rate > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr}", "use a finite learning rate > 0")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps}", "use max_steps >= 1")
         _check(self.schedule in SCHEDULES, f"schedule={self.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
         _check(self.keep_checkpoints >= 1 or self.checkpoint_every == 0, "keep_checkpoints=0",
