@@ -51,6 +51,24 @@ class _RowSampler:
         return out
 
 
+class _StopStrings:
+    """A StoppingCriteria that, like vLLM, looks for stop strings in the generated
+    text only (transformers' own also matches across the prompt boundary)."""
+
+    def __init__(self, tokenizer, stops, prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, stops, prompt_width
+        # A token decodes to at least one character, so the last len(stop) tokens
+        # hold any stop string that just ended; the margin covers partial UTF-8 pieces.
+        self.window = max(len(s) for s in stops) + 4
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        start = max(self.width, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in tails], device=input_ids.device)
+
+
 def _top_p(probs, top_p: float):
     """Keep the smallest set of most likely tokens whose mass reaches top_p (at least one)."""
     import torch
@@ -106,7 +124,7 @@ class TransformersBackend(Backend):
 
     def _generate_batch(self, requests: list[Request], seeds: list[int], sampling) -> list[Completion]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         self.calls += 1
         width = max(len(r.prompt_ids) for r in requests)
@@ -118,11 +136,12 @@ class TransformersBackend(Backend):
         sampler = _RowSampler(seeds, sampling.temperature, sampling.top_p, "cpu")
         # A fresh config, so the model's own defaults (top_k, repetition penalty...) do not leak in.
         gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids,
-                                   pad_token_id=self.pad_id, stop_strings=list(sampling.stop) or None)
+                                   pad_token_id=self.pad_id)
+        stopping = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)] if sampling.stop else [])
         with torch.inference_mode():
             self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]),
-                                tokenizer=self.tokenizer if sampling.stop else None)
+                                stopping_criteria=stopping)
         tokens = torch.stack(sampler.tokens, dim=1).cpu().tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).cpu().tolist()
         return [self._finish(t, lp, sampling) for t, lp in zip(tokens, logprobs)]

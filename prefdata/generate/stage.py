@@ -71,6 +71,7 @@ class GenerationStats:
     model_calls: int
     tokens_generated: int
     seconds: float
+    model_seconds: float  # inside backend.generate; seconds - model_seconds is prefdata's own cost
     backend: str
     model_hash: str
     work_keys: frozenset
@@ -124,6 +125,9 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     for column in ("prompt_id", "prompt"):
         if column not in prompts.column_names:
             raise PrefdataError(f"the prompts table has no {column!r} column", "pass a table of the prompts schema")
+    if prompts.num_rows == 0:
+        # Refused rather than run: with prune on, an empty run would drop every row of the origin.
+        raise PrefdataError("no prompts to generate for", "check the prompts source and its filters")
     remote = resolve_backend_name(cfg.backend) == "openai"
     validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle)
     mhash = model_hash(cfg.model, allow_pickle=cfg.allow_pickle)
@@ -153,13 +157,16 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
             backend = make_backend(cfg, mhash, tokenizer)
         calls_before = backend.calls if backend is not None else 0
         written = parts = tokens = 0
+        model_seconds = 0.0
         try:
             bar = _progress(len(todo), cfg)
             for first in range(0, len(todo), cfg.shard_size):
                 shard = todo[first:first + cfg.shard_size]
                 ids = tokenizer([rendered[i] for i in shard], add_special_tokens=False)["input_ids"]
                 requests = [Request(rendered[i], tuple(t), seeds[i]) for i, t in zip(shard, ids)]
+                model_start = time.perf_counter()
                 outputs = backend.generate(requests, cfg.sampling)
+                model_seconds += time.perf_counter() - model_start
                 table = _shard_table(shard, outputs, prompt_ids, rendered, seeds, keys, cfg, mhash, thash,
                                      backend.name, tokenizer)
                 ws.write_part(TABLE, f"{cfg.origin}-{_h(*sorted(keys[i] for i in shard))}", table)
@@ -180,7 +187,7 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     return GenerationStats(
         prompts=len(wanted), prompts_cached=len(wanted & done), prompts_generated=len(todo),
         candidates_written=written, parts_written=parts, rows_pruned=pruned, model_calls=calls,
-        tokens_generated=tokens, seconds=time.perf_counter() - start, backend=backend_name, model_hash=mhash,
+        tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds, backend=backend_name, model_hash=mhash,
         work_keys=frozenset(wanted))
 
 

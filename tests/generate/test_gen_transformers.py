@@ -174,3 +174,22 @@ def test_backend_of_another_model_is_refused(tmp_path, model_dir, random_model_d
         pytest.skip("the two fixture models are identical")
     with pytest.raises(PrefdataError, match="another model"):
         generate_candidates(Workspace.create(tmp_path / "ws"), make_prompts(1), _cfg(model_dir), backend=backend)
+
+
+def test_stop_strings_only_match_generated_text(backend):
+    import torch
+
+    from prefdata.generate.hf_backend import _StopStrings
+
+    tok = backend.tokenizer
+    prompt = tok("A: ", add_special_tokens=False)["input_ids"]
+    crit = _StopStrings(tok, (" x",), prompt_width=len(prompt))
+    across = torch.tensor([prompt + tok("x", add_special_tokens=False)["input_ids"]])
+    inside = torch.tensor([prompt + tok(" x", add_special_tokens=False)["input_ids"]])
+    assert crit(across, None).tolist() == [False]  # vLLM never matches into the prompt
+    assert crit(inside, None).tolist() == [True]
+
+
+def test_empty_prompts_are_refused(tmp_path, random_model_dir):
+    with pytest.raises(PrefdataError, match="no prompts"):
+        generate_candidates(Workspace.create(tmp_path / "ws"), make_prompts(0), _cfg(random_model_dir))

@@ -112,3 +112,16 @@ def test_rerun_does_no_engine_work(tmp_path, random_model_dir, vllm_backend):
     calls = vllm_backend.calls
     stats = generate_candidates(ws, make_prompts(3), _cfg(random_model_dir), backend=vllm_backend)
     assert stats.model_calls == 0 and vllm_backend.calls == calls
+
+
+def test_many_seeded_prompts_in_one_call(random_model_dir, vllm_backend):
+    """More prefill than one engine step holds (4096 tokens): on CPU a chunked
+    prefill of a seeded request used to kill the engine; the backend turns it off."""
+    tok = vllm_backend.llm.get_tokenizer()
+    requests = []
+    for i in range(40):
+        rendered = render(tok, [{"role": "user", "content": f"Question {i}: " + "what is 1 + 1? " * 4}])
+        requests.append(Request(rendered, tuple(tok(rendered, add_special_tokens=False)["input_ids"]), 100 * i))
+    assert sum(len(r.prompt_ids) for r in requests) * 8 > 4096
+    outs = vllm_backend.generate(requests, SamplingConfig(n=8, max_tokens=4))
+    assert [len(o) for o in outs] == [8] * 40
