@@ -38,11 +38,12 @@ class TrainConfig:
     mix: tuple[float, ...] = task.DEFAULT_MIX
 
 
-# Per-role recipes. The other model is smaller and trained less: it only needs
-# to be a plausible, different, imperfect writer.
+# Per-role recipes. The other model is trained less: in scenarios 3 and 4 its
+# samples are the rejected side, so it only needs to be a plausible, different,
+# imperfect writer.
 RECIPES = {
     "policy": TrainConfig(style="policy"),
-    "other": TrainConfig(style="other", steps=400),
+    "other": TrainConfig(style="other", steps=200),
 }
 
 
