@@ -15,8 +15,10 @@ Checkpoints are world-size independent too: the model as a full HF-keyed state d
 and the optimizer in torch's index-keyed form (what a single process writes), gathered
 on rank 0 under FSDP.
 
->>> ctx = init_from_env()        # doctest: +SKIP  (under torchrun --nproc_per_node=2)
->>> ctx.rank, ctx.world, ctx.main
+Under `torchrun --nproc_per_node=2`, on rank 0:
+
+>>> ctx = init_from_env()        # doctest: +SKIP
+>>> ctx.rank, ctx.world, ctx.main  # doctest: +SKIP
 (0, 2, True)
 """
 
@@ -132,8 +134,10 @@ def shard_of(batch: list[int], batch_size: int, ctx: DistContext) -> list[list[i
     so a rank may get empty ones at the end of an epoch; the loop runs those as a
     zero-weighted forward.
 
+    >>> shard_of([7, 3, 5, 1, 2], 2, DistContext(rank=0, world=2))
+    [[7, 5], [2]]
     >>> shard_of([7, 3, 5, 1, 2], 2, DistContext(rank=1, world=2))
-    [[3, 1]]
+    [[3, 1], []]
     >>> shard_of([7], 1, DistContext(rank=1, world=2))
     [[]]
     """
