@@ -380,6 +380,9 @@ def main() -> None:
 
     Usage errors (unknown option, missing argument) are click's and exit with 2.
     """
+    # transformers logs advisory warnings to stderr (e.g. about a config's model type) that would
+    # break the one-line error contract; its errors still show. TRANSFORMERS_VERBOSITY=warning restores them.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
     except PrefdataError as err:
