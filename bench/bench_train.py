@@ -24,14 +24,15 @@ TRL's reference precompute and prefdata's start/end measurements fall outside th
 window), pairs/s, non-padding tokens/s (prompt + completion tokens of chosen and of
 rejected, padding excluded, counted from each side's actual batches), peak memory
 (CPU: peak RSS of the worker process minus its RSS after imports, both for the whole
-train call and -- sampled every 10 ms -- inside the timed window; GPU:
+train call and -- sampled every 10 ms -- before, inside and after the timed window; GPU:
 `torch.cuda.max_memory_allocated`), and the end-to-end time of the whole call.
 
-    python bench/bench_train.py                      # CPU, the committed results (~6 min on 2 cores)
+    python bench/bench_train.py                      # CPU, no activation checkpointing (prefdata's default)
+    python bench/bench_train.py --gradient-checkpointing on --tag _gc   # checkpointing on (TRL's default), all sides
     python bench/bench_train.py --steps 2 --reps 1   # smoke run
     python bench/bench_train.py --device cuda --model-shape qwen2-0.5b   # on a GPU machine
 
-Writes bench/results/train_<device>.json and .md (`--out` to change).
+Writes bench/results/train_<device><tag>.json and .md (`--out` to change).
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ def run_ours(spec: dict, meter: Meter) -> None:
                       batch_size=spec["pairs_per_step"], max_steps=warmup + steps + 1,
                       max_length=spec["max_length"], checkpoint_every=0, eval_every=0, eval_pairs=8,
                       probe_pairs=2, heldout_responses=0, heldout_prompts=0, max_new_tokens=8,
+                      gradient_checkpointing=spec["gradient_checkpointing"],
                       device=spec["device"], output_dir=spec["run_dir"], resume=False)
     started = time.perf_counter()
     meter.pending = 0
@@ -287,6 +289,7 @@ def run_trl(spec: dict, meter: Meter) -> None:
         bf16=cuda,  # same precision as ours: fp32 on CPU (TRL would autocast to bf16 there), bf16 autocast on GPU
         use_cpu=not cuda, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
         dataloader_num_workers=0,
+        gradient_checkpointing=spec["gradient_checkpointing"],  # TRL's default is on; the bench sets it for all
     )
     trainer = Counting(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                        callbacks=[Marks()])
@@ -311,6 +314,8 @@ def run_bare(spec: dict, meter: Meter, packed: bool) -> None:
     cuda = device.type == "cuda"
     started = time.perf_counter()
     model, tokenizer = load_model(spec["model_dir"], device)
+    if spec["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
     pairs = Workspace.open(spec["ws"]).read("pairs").to_pydict()
     prompts = encode_prompts(tokenizer, pairs["prompt"], pairs["messages"])
     chosen, rejected = encode_completions(tokenizer, pairs["chosen"]), encode_completions(tokenizer, pairs["rejected"])
@@ -503,7 +508,8 @@ def write_markdown(path: Path, report: dict) -> None:
         f"tokenizer, {st['mean_tokens_per_pair']:.0f} non-padding tokens per pair on average (prompt counted for "
         f"chosen and for rejected); {st['pairs_per_step']} pairs per optimizer step (one micro-batch), "
         f"max_length {st['max_length']}, DPO sigmoid beta={BETA}, AdamW lr={LR}, grad clip 1.0 (ours, TRL); "
-        f"torch threads = {st['threads']} for every side. Each run: {st['warmup']} warm-up step, then "
+        f"torch threads = {st['threads']} and activation (gradient) checkpointing "
+        f"{st['gradient_checkpointing']} for every side. Each run: {st['warmup']} warm-up step, then "
         f"{st['steps']} timed steps; {st['reps']} runs per side, alternating order (a different side first in "
         f"each round), each run in a fresh subprocess; every figure is the median over runs.", "",
         "## Throughput", "",
@@ -574,6 +580,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, every side")
+    parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off",
+                        help="activation checkpointing for every side (prefdata's default is off, TRL's is on)")
+    parser.add_argument("--tag", default="", help="suffix of the result files: train_<device><tag>.json")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
@@ -620,6 +629,7 @@ def main(argv=None) -> None:
                 spec = {"model_dir": str(model_dir), "ws": str(ws.root), "trl_data": str(trl_data),
                         "device": args.device, "threads": args.threads, "pairs_per_step": args.pairs_per_step,
                         "max_length": args.max_length, "warmup": args.warmup, "steps": args.steps,
+                        "gradient_checkpointing": args.gradient_checkpointing == "on",
                         "run_dir": str(work / f"run-{side}-{rep}")}
                 spec_path, out_path = work / f"spec-{side}-{rep}.json", work / f"result-{side}-{rep}.json"
                 spec_path.write_text(json.dumps(spec))
@@ -643,15 +653,16 @@ def main(argv=None) -> None:
         "settings": {"device": args.device, "model_shape": args.model_shape, "parameters": n_params,
                      "n_pairs": args.pairs, "pairs_per_step": args.pairs_per_step, "max_length": args.max_length,
                      "steps": args.steps, "warmup": args.warmup, "reps": args.reps, "threads": args.threads,
+                     "gradient_checkpointing": args.gradient_checkpointing,
                      "mean_tokens_per_pair": mean_tokens, "beta": BETA, "lr": LR,
                      "precision": "fp32" if args.device == "cpu" else "bf16 autocast"},
         "summary": summarise(results, args) if {"ours", "trl"} <= set(sides) else None,
         "notes": args.note, "runs": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"train_{args.device}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"train_{args.device}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["summary"]:
-        write_markdown(args.out / f"train_{args.device}.md", report)
+        write_markdown(args.out / f"train_{args.device}{args.tag}.md", report)
         print(json.dumps({"ratios": report["summary"]["ratios"], "goals": report["summary"]["goals"]}, indent=2))
 
 
