@@ -51,6 +51,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("ours", "trl", "bare_padded", "bare_packed")
+# Not run by default: TRL with its own DPOConfig defaults for precision and checkpointing (bf16 autocast
+# even on CPU, gradient checkpointing on) -- what a TRL user gets without setting them.
+EXTRA_SIDES = ("trl_defaults",)
 DATASET = "bench"
 BETA, LR = 0.1, 1e-5
 
@@ -257,7 +260,7 @@ def run_ours(spec: dict, meter: Meter) -> None:
     meter.e2e_steps = warmup + steps + 1
 
 
-def run_trl(spec: dict, meter: Meter) -> None:
+def run_trl(spec: dict, meter: Meter, own_defaults: bool = False) -> None:
     import torch
     import trl
     from datasets import Dataset
@@ -286,10 +289,12 @@ def run_trl(spec: dict, meter: Meter) -> None:
         gradient_accumulation_steps=1, max_steps=warmup + steps, max_length=spec["max_length"],
         beta=BETA, loss_type=["sigmoid"], learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, precompute_ref_log_probs=True,
-        bf16=cuda,  # same precision as ours: fp32 on CPU (TRL would autocast to bf16 there), bf16 autocast on GPU
+        # same precision as ours: fp32 on CPU (TRL would autocast to bf16 there), bf16 autocast on GPU
+        **({} if own_defaults else {"bf16": cuda}),
         use_cpu=not cuda, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
         dataloader_num_workers=0,
-        gradient_checkpointing=spec["gradient_checkpointing"],  # TRL's default is on; the bench sets it for all
+        # TRL's default is on; the bench sets it for all sides
+        **({} if own_defaults else {"gradient_checkpointing": spec["gradient_checkpointing"]}),
     )
     trainer = Counting(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                        callbacks=[Marks()])
@@ -403,8 +408,8 @@ def worker(side: str, spec_path: str, out_path: str) -> None:
     meter = Meter(spec["device"])
     if side == "ours":
         run_ours(spec, meter)
-    elif side == "trl":
-        run_trl(spec, meter)
+    elif side in ("trl", "trl_defaults"):
+        run_trl(spec, meter, own_defaults=side == "trl_defaults")
     else:
         run_bare(spec, meter, packed=side == "bare_packed")
     result = meter.result(spec["warmup"], spec["steps"], spec["pairs_per_step"])
@@ -487,8 +492,13 @@ def summarise(results: dict, args) -> dict:
                        "trl_over_bare_tokens_per_s": trl["tokens_per_s"] / bare["tokens_per_s"]})
         for s in bares:
             ratios[f"ours_over_{s}_tokens_per_s"] = ours["tokens_per_s"] / sides[s]["tokens_per_s"]
+        if "trl_defaults" in sides:
+            ratios["trl_defaults_over_bare_tokens_per_s"] = sides["trl_defaults"]["tokens_per_s"] / bare["tokens_per_s"]
         if not cuda:
             goals[f"tokens/s >= 60% of bare loop ({bare_name})"] = ratios["ours_over_bare_tokens_per_s"] >= 0.6
+    if "trl_defaults" in sides:
+        ratios["ours_over_trl_defaults_pairs_per_s"] = ours["pairs_per_s"] / sides["trl_defaults"]["pairs_per_s"]
+        ratios["ours_over_trl_defaults_peak_memory"] = ours["peak_mb"] / sides["trl_defaults"]["peak_mb"]
     return {"sides": sides, "ratios": ratios, "goals": goals}
 
 
@@ -497,6 +507,7 @@ def write_markdown(path: Path, report: dict) -> None:
         report["settings"], report["machine"]
     cuda = st["device"] == "cuda"
     names = {"ours": "prefdata `train()`", "trl": "TRL `DPOTrainer.train()`",
+             "trl_defaults": "TRL `DPOTrainer.train()`, its own bf16/checkpointing defaults",
              "bare_padded": "bare fwd+bwd+AdamW, padded", "bare_packed": "bare fwd+bwd+AdamW, packed"}
     lines = [
         f"# Training throughput: prefdata vs TRL DPOTrainer vs a bare loop ({st['device'].upper()})", "",
@@ -553,6 +564,12 @@ def write_markdown(path: Path, report: dict) -> None:
                       for k, v in r.items() if k in ("ours_over_bare_padded_tokens_per_s",
                                                    "ours_over_bare_packed_tokens_per_s")),
             f"- TRL / bare tokens/s: {r['trl_over_bare_tokens_per_s']:.2f}"]
+    if "ours_over_trl_defaults_pairs_per_s" in r:
+        lines += [f"- ours / TRL with its own bf16 and checkpointing defaults: pairs/s "
+                  f"**{r['ours_over_trl_defaults_pairs_per_s']:.2f}x**, peak memory "
+                  f"{r['ours_over_trl_defaults_peak_memory']:.2f}"
+                  + (f"; that TRL / bare tokens/s: {r['trl_defaults_over_bare_tokens_per_s']:.3f}"
+                     if "trl_defaults_over_bare_tokens_per_s" in r else "")]
     lines += ["", "## Goals", ""] + [f"- {name}: **{'PASS' if ok else 'FAIL'}**" for name, ok in g.items()]
     lines += ["", "## Machine", "",
               f"{m['cpu']}, {m['cpus']} CPUs{', ' + m['gpu'] if 'gpu' in m else ''}; Python {m['python']}, torch "
@@ -583,7 +600,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off",
                         help="activation checkpointing for every side (prefdata's default is off, TRL's is on)")
     parser.add_argument("--tag", default="", help="suffix of the result files: train_<device><tag>.json")
-    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"comma-separated, from {', '.join(SIDES + EXTRA_SIDES)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's notes")
