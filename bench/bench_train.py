@@ -417,6 +417,63 @@ def worker(side: str, spec_path: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result))
 
 
+def row_length_check(model_dir: Path, ws_root: Path, pairs_per_step: int, max_length: int, threads: int) -> dict:
+    """How much prefdata's packing row length costs: the same packed sequences laid out in rows of
+    `max_length` (training now) or 4096 = `eval_batch_tokens` (scoring/measurement now) versus rows of
+    the longest sequence. With position-id packing transformers builds a dense block-diagonal mask, so
+    attention work and mask memory grow with the row length, not with the sequences' own lengths."""
+    import torch
+
+    from prefdata.score import encode_completions, encode_prompts, load_model, packed_batch, sequence_logps
+    from prefdata.store import Workspace
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model(model_dir, "cpu")
+    pairs = Workspace.open(ws_root).read("pairs").to_pydict()
+    prompts = encode_prompts(tokenizer, pairs["prompt"], pairs["messages"])
+    seqs = (list(zip(prompts, encode_completions(tokenizer, pairs["chosen"])))
+            + list(zip(prompts, encode_completions(tokenizer, pairs["rejected"]))))
+    pad = tokenizer.pad_token_id
+
+    def timed(fn, n):
+        fn()
+        return statistics.median(_seconds(fn) for _ in range(n))
+
+    def evaluate(row):  # table1_after / measure: no-grad packed forwards of ~4096 tokens each
+        with torch.no_grad():
+            group, used = [], 0
+            for s in seqs:
+                if group and used + len(s[0]) + len(s[1]) > 4096:
+                    sequence_logps(model, packed_batch(group, row, pad))
+                    group, used = [], 0
+                group.append(s)
+                used += len(s[0]) + len(s[1])
+            sequence_logps(model, packed_batch(group, row, pad))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    k = pairs_per_step
+    batch = seqs[:k] + seqs[len(seqs) // 2:len(seqs) // 2 + k]  # k pairs: chosen and rejected sequences
+
+    def step(row):
+        sequence_logps(model, packed_batch(batch, row, pad)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    longest_all = max(len(p) + len(c) for p, c in seqs)
+    longest = max(len(p) + len(c) for p, c in batch)
+    return {"eval_all_pairs_seconds": {"rows_4096": timed(lambda: evaluate(4096), 3),
+                                       f"rows_{longest_all}_longest": timed(lambda: evaluate(longest_all), 3)},
+            "train_step_seconds": {f"rows_{max_length}_max_length": timed(lambda: step(max_length), 5),
+                                   f"rows_{longest}_longest": timed(lambda: step(longest), 5)},
+            "sequences": len(seqs), "pairs_per_step": k, "threads": threads}
+
+
+def _seconds(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
@@ -580,6 +637,18 @@ def write_markdown(path: Path, report: dict) -> None:
     lines += ["", f"Trainer code measured: HEAD {code['head'][:10]}" + (
         f" plus uncommitted changes to {', '.join(code['uncommitted'])} (sha256 prefixes in the JSON)"
         if code["uncommitted"] else "") + "."]
+    rc = report.get("row_length_check")
+    if rc:
+        (e_now, e_new), (t_now, t_new) = rc["eval_all_pairs_seconds"].items(), rc["train_step_seconds"].items()
+        lines += ["", "## Packing row length (`--row-length-check`)", "",
+                  "prefdata packs training micro-batches into rows of `max_length` tokens and scoring/measurement "
+                  "batches into rows of `eval_batch_tokens` (4096); with position-id packing transformers builds "
+                  "a dense block-diagonal mask, so attention work and mask memory grow with the row length. "
+                  "Same sequences, same model, rows of the longest sequence instead (median seconds):", "",
+                  f"- train step ({rc['pairs_per_step']} pairs): {t_now[0]} {t_now[1]:.3f} s -> {t_new[0]} "
+                  f"{t_new[1]:.3f} s ({t_now[1] / t_new[1]:.2f}x)",
+                  f"- eval pass over all {rc['sequences']} sequences (Table 1 after training): {e_now[0]} "
+                  f"{e_now[1]:.3f} s -> {e_new[0]} {e_new[1]:.3f} s ({e_now[1] / e_new[1]:.2f}x)"]
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     path.write_text("\n".join(lines) + "\n")
@@ -599,6 +668,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, every side")
     parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off",
                         help="activation checkpointing for every side (prefdata's default is off, TRL's is on)")
+    parser.add_argument("--row-length-check", action="store_true",
+                        help="after the comparison, time prefdata's packing at its row lengths vs rows of the longest "
+                             "sequence (train step and eval pass); written under row_length_check")
     parser.add_argument("--tag", default="", help="suffix of the result files: train_<device><tag>.json")
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"comma-separated, from {', '.join(SIDES + EXTRA_SIDES)}")
@@ -665,6 +737,8 @@ def main(argv=None) -> None:
                       f"(window {run.get('window_peak_cuda_mb', run.get('window_peak_delta_mb')) or 0:7.0f}) "
                       f"e2e {run['e2e_seconds']:.1f}s, process {time.perf_counter() - started:.1f}s",
                       flush=True)
+        row_check = (row_length_check(model_dir, ws.root, args.pairs_per_step, args.max_length, args.threads)
+                     if args.row_length_check and args.device == "cpu" else None)
     report = {
         "benchmark": "train", "argv": argv if argv is not None else sys.argv[1:], "machine": machine(args.device),
         "bench_seconds": round(time.perf_counter() - t0, 1), "code": code_state(), "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -675,7 +749,7 @@ def main(argv=None) -> None:
                      "mean_tokens_per_pair": mean_tokens, "beta": BETA, "lr": LR,
                      "precision": "fp32" if args.device == "cpu" else "bf16 autocast"},
         "summary": summarise(results, args) if {"ours", "trl"} <= set(sides) else None,
-        "notes": args.note, "runs": results,
+        "notes": args.note, "row_length_check": row_check, "runs": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"train_{args.device}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
