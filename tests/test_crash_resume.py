@@ -224,10 +224,17 @@ def test_killed_builds_resume_to_the_uninterrupted_result(world, record_property
                 return bool(anchor) and time.monotonic() - anchor[0] >= delay
 
             fired = run.run_until(due)
+        held_lock = False
         if fired:
+            # Freeze the build first so that where it was, and whether it still held the lock
+            # (it releases it just before exiting), are read from a workspace that cannot move.
+            os.kill(run.proc.pid, signal.SIGSTOP)
+            held_lock = f"pid {run.proc.pid} " in lock_holder(ws)
             where = landing(ws, world, run.lock_at is not None)
             if completed and run.lock_at is not None:
                 where = "re-run of the finished build (lock held: ingest, select or finish)"
+            if run.lock_at is not None and not held_lock:
+                where += " (lock already released)"
             os.kill(run.proc.pid, signal.SIGKILL)
             assert run.finish() == -signal.SIGKILL
             kills += 1
@@ -240,7 +247,7 @@ def test_killed_builds_resume_to_the_uninterrupted_result(world, record_property
         if prev_killed_pid is not None and run.lock_at is not None:
             # the previous run died holding the lock: this one must say it recovered it
             assert f"recovered a lock left by dead process {prev_killed_pid}" in out, out[-2000:]
-        prev_killed_pid = run.proc.pid if fired and run.lock_at is not None else None
+        prev_killed_pid = run.proc.pid if held_lock else None
         events.append(f"cycle {cycle:2d} at {time.monotonic() - started:4.0f}s: {mode:8s} kill +{delay:5.2f}s "
                       f"-> {where}")
         print(events[-1], flush=True)
