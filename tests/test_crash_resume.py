@@ -1,7 +1,7 @@
 """Crash safety of `prefdata build`, through the real CLI.
 
 A small build (12 prompts x 4 samples of a random-init tiny Llama, transformers backend,
-seeded sampling, shards of 2 prompts, judge batches of 8) is SIGKILLed at seeded random
+seeded sampling, shards of 1 prompt, judge batches of 8) is SIGKILLed at seeded random
 moments and resumed each time, until at least 10 kills have landed in a running build;
 then it runs to the end. Its tables must hold exactly the rows of the same build run
 once without interruption, with no temp file left and a manifest that describes the
@@ -67,7 +67,7 @@ def cli_env() -> dict:
 
 def build_args(ws: Path, model: Path) -> list[str]:
     return ["build", str(ws), "--scenario", "2", "--policy-model", str(model), "--backend", "transformers",
-            "--limit", "12", "--n", "4", "--max-tokens", "24", "--set", "policy.shard_size=2",
+            "--limit", "12", "--n", "4", "--max-tokens", "24", "--set", "policy.shard_size=1",
             "--set", "judge.batch_size=8", "--set", "judge.timeout_s=60",
             "--set", "select.drop_truncated=false", "--set", "select.unscored_score=0"]
 
@@ -188,7 +188,7 @@ def world(tmp_path_factory):
         "root": root, "model": model, "ws": ws, "seconds": time.monotonic() - started,
         "lock_at": run.lock_at or 1.0,
         # this machine's time to generate one shard: "work" kills land inside the next one
-        "shard_gap": max(0.3, statistics.median(shard_gaps or [1.0])),
+        "shard_gap": max(0.05, statistics.median(shard_gaps or [1.0])),
         "rows": table_rows(ws),
         "prompt_parts": sum(p.startswith("prompts/") for p in parts),
         "policy_parts": sum(p.startswith("candidates/part-policy-") for p in parts),
