@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-ray = pytest.importorskip("ray")
+import ray  # a dev dependency: CI runs these tests, they never skip
 
 from prefdata.generate import GenerationConfig, SamplingConfig, generate_candidates  # noqa: E402
 from prefdata.judge.base import Verdict  # noqa: E402
