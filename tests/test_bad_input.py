@@ -184,6 +184,29 @@ def setup_nan_reward_model(tmp: Path, ws: Path, model: Path) -> None:
             shutil.copy(model / name, out / name)
 
 
+def setup_inf_reward_model(tmp: Path, ws: Path, model: Path) -> None:
+    """A sequence classifier whose every score is +inf: all weights zero except a constant
+    embedding (so every final hidden state is all ones after the norm) and a score head of
+    3e38 per dimension, whose dot product overflows float32."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model)
+    config.num_labels = 1
+    rm = AutoModelForSequenceClassification.from_config(config)
+    with torch.no_grad():
+        for param in rm.parameters():
+            param.zero_()
+        rm.get_input_embeddings().weight.fill_(1.0)
+        rm.base_model.norm.weight.fill_(1.0)
+        rm.score.weight.fill_(3e38)
+    out = tmp / "inf-rm"
+    rm.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (model / name).exists():
+            shutil.copy(model / name, out / name)
+
+
 def setup_manifest_garbage(tmp: Path, ws: Path, model: Path) -> None:
     (ws / "manifest.json").write_text('{"schema_version": 1, "tables": {')
 
@@ -268,6 +291,9 @@ CASES = [
     Case("build-reward-model-nan-scores", ("build", NEW_WS, *SCN2, "--judge", "reward_model",
                                            "--judge-model", "{tmp}/nan-rm"),
          r"(NaN|non-finite|not finite)", (setup_nan_reward_model,)),
+    Case("build-reward-model-inf-scores", ("build", NEW_WS, *SCN2, "--judge", "reward_model",
+                                           "--judge-model", "{tmp}/inf-rm"),
+         r"non-finite scores \(NaN/inf\)", (setup_inf_reward_model,)),
     Case("build-llm-judge-garbage", ("build", NEW_WS, *SCN2, "--judge", "llm", "--judge-model", "{model}"),
          # until `prefdata build` wires the llm judge (prefdata.judge.serve), the CLI says so in one
          # line; the garbage-judge behaviour itself is checked by test_garbage_judge_output_is_kept_not_scored
