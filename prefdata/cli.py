@@ -251,7 +251,13 @@ def train(
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                       bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       device=device, output_dir=str(output_dir) if output_dir else None)
-    score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
+    from prefdata.train.distributed import rank_zero_first
+
+    # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
+    # ranks wait at a barrier and then read the pairs it scored.
+    with rank_zero_first(device) as ctx:
+        if ctx.main:
+            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
     run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
 
 

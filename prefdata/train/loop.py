@@ -13,8 +13,8 @@ Exactness of resume: the data order of epoch e is a pure function of
 holds model, optimizer, RNG states, the step and the measurement history. So
 "4 steps" and "2 steps, killed, resumed for 2" give the same weights.
 
-Under torchrun (`torchrun --nproc_per_node=K -m prefdata.train ...` or around
-`prefdata train`) the process group comes from the environment (distributed.py).
+Under torchrun (`torchrun --nproc_per_node=K -m prefdata.cli train ...`, or a script that
+calls `train()`) the process group comes from the environment (distributed.py).
 The global batch stays `batch_size * grad_accum` pairs whatever K is: each rank
 takes the strided slice batch[rank::K] in micro-batches of at most `batch_size`,
 DDP (default) or FSDP2 (`fsdp=True`, or PREFDATA_FSDP=1) averages the gradients,

@@ -114,3 +114,42 @@ def test_two_processes_match_one(tmp_path):
     print(f"2-process checkpoint resumed by 1 process: max |weight diff| {diff:.2e}; "
           f"total {time.monotonic() - started:.0f} s")
     assert diff < TOL
+
+
+@pytest.mark.slow
+def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
+    """`torchrun ... prefdata train` on a workspace whose pairs have no reference log-probs:
+    rank 0 scores (the only writer), rank 1 waits, both train, one model is written."""
+    import pyarrow.parquet as pq
+
+    from prefdata.score import model_hash
+    from prefdata.store import Workspace
+
+    ws, model_dir = _tiny_world(tmp_path / "world")
+    ws_dir = ws.root
+    with ws.writer():  # strip the stored reference log-probs: training must score first
+        for path in ws.parts("pairs"):
+            table = pq.read_table(path)
+            table = table.set_column(table.schema.get_field_index("ref_model_hash"), "ref_model_hash",
+                                     pa_nulls(table.num_rows))
+            ws.write_part("pairs", path.name[len("part-"):-len(".parquet")], table)
+    assert set(Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()) == {None}
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "prefdata.cli", "train", str(ws_dir), "--scenario", "2",
+           "--model", str(model_dir), "--device", "cpu", "--max-steps", "2", "--batch-size", "2",
+           "--eval-every", "2", "--checkpoint-every", "2", "--output-dir", str(out)]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    hashes = Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()
+    assert set(hashes) == {model_hash(model_dir)}  # scored once, by rank 0
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def pa_nulls(n: int):
+    import pyarrow as pa
+
+    return pa.nulls(n, pa.string())
