@@ -182,6 +182,8 @@ def step_select(state: BuildState) -> BuildState:
 
     cfg = state.cfg
     select_cfg = SelectConfig(**{"seed": cfg.seed, **cfg.select})
+    if select_cfg.max_tokens is not None and select_cfg.token_column not in state.scored.columns:
+        state.scored = _with_train_tokens(state.scored, cfg, select_cfg.token_column)
     per_scenario, drops = {}, {}
     for scenario in cfg.scenarios:
         dataset = f"scenario{scenario}" if cfg.mix else cfg.name
@@ -201,6 +203,16 @@ def step_select(state: BuildState) -> BuildState:
         state.summary["mix"] = pairs.group_by("scenario").len().sort("scenario").to_dicts()
     state.log(f"pairs: {pairs.height} in dataset {cfg.name}")
     return state
+
+
+def _with_train_tokens(scored, cfg: BuildConfig, column: str):
+    """Prompt + response tokens as training will see them: the policy (the model DPO trains)
+    tokenizer and its chat template, counted once per distinct (prompt, response)."""
+    from prefdata.filters import add_token_counts, chat_token_counter
+    from prefdata.generate import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.policy.model, trust_remote_code=cfg.policy.trust_remote_code)
+    return add_token_counts(scored, chat_token_counter(tokenizer), column)
 
 
 def step_finish(state: BuildState) -> BuildState:

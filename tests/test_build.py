@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -266,3 +267,27 @@ def test_export_of_the_build_loads_with_datasets(built, tmp_path):
                                    cache_dir=str(tmp_path / "cache"))["train"]
     assert loaded.num_rows == len(pairs_of(built, "scenario2"))
     assert loaded[0]["chosen"][0]["role"] == "assistant" and loaded[0]["prompt"][0]["role"] == "user"
+
+
+def test_token_budget_drops_long_candidates_counted_with_the_chat_template(built, models, tmp_path):
+    """`select.max_tokens` counts prompt + response with the policy tokenizer's chat template;
+    a budget below the longest candidates drops them as over_budget, and no pair exceeds it."""
+    from prefdata.filters import chat_token_counter
+    from prefdata.generate import load_tokenizer
+
+    root = tmp_path / "ws"
+    shutil.copytree(built["root"], root)
+    summary = run(root, raw_config(models, 4))
+    assert isinstance(summary, dict), summary
+    count = chat_token_counter(load_tokenizer(models["policy"]))
+    pairs = [p for p in Workspace.open(root).read("pairs").to_pylist() if p["dataset"] == "scenario4"]
+    lengths = sorted(count([p["prompt"]] * 2, [p["chosen"], p["rejected"]])[1] for p in pairs)
+    budget = lengths[len(lengths) // 2]  # about half of the rejected sides are over it
+    summary = run(root, raw_config(models, 4, **{"select.max_tokens": budget}))
+    assert isinstance(summary, dict), summary
+    assert summary["dropped"]["scenario4"].get("over_budget", 0) > 0, summary["dropped"]
+    assert summary["generation"]["other"]["model_calls"] == 0  # selection only: no model work
+    kept = [p for p in Workspace.open(root).read("pairs").to_pylist() if p["dataset"] == "scenario4"]
+    assert 0 < len(kept) < len(pairs)
+    for side in ("chosen", "rejected"):
+        assert max(count([p["prompt"] for p in kept], [p[side] for p in kept])) <= budget
