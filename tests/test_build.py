@@ -291,3 +291,13 @@ def test_token_budget_drops_long_candidates_counted_with_the_chat_template(built
     assert 0 < len(kept) < len(pairs)
     for side in ("chosen", "rejected"):
         assert max(count([p["prompt"] for p in kept], [p[side] for p in kept])) <= budget
+
+
+def test_mix_summary_prints_pairs_per_scenario(built):
+    from prefdata.build import format_summary
+
+    summary = built["results"]["mix"]
+    assert isinstance(summary, dict), summary
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("pairs out"))
+    shares = {int(s): int(n) for s, n in re.findall(r"scenario (\d): (\d+)", line)}
+    assert set(shares) == set(MIX) and sum(shares.values()) == summary["pairs"][next(iter(summary["pairs"]))], line
