@@ -177,11 +177,7 @@ def setup_nan_reward_model(tmp: Path, ws: Path, model: Path) -> None:
     with torch.no_grad():
         for param in rm.parameters():
             param.fill_(float("nan"))
-    out = tmp / "nan-rm"
-    rm.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (model / name).exists():
-            shutil.copy(model / name, out / name)
+    _save_reward_model(rm, model, tmp / "nan-rm")
 
 
 def setup_inf_reward_model(tmp: Path, ws: Path, model: Path) -> None:
@@ -200,7 +196,11 @@ def setup_inf_reward_model(tmp: Path, ws: Path, model: Path) -> None:
         rm.get_input_embeddings().weight.fill_(1.0)
         rm.base_model.norm.weight.fill_(1.0)
         rm.score.weight.fill_(3e38)
-    out = tmp / "inf-rm"
+    _save_reward_model(rm, model, tmp / "inf-rm")
+
+
+def _save_reward_model(rm, model: Path, out: Path) -> None:
+    """Save a classifier made from `model`'s config, with `model`'s tokenizer files beside it."""
     rm.save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (model / name).exists():
