@@ -301,3 +301,19 @@ def test_mix_summary_prints_pairs_per_scenario(built):
     line = next(x for x in format_summary(summary).splitlines() if x.startswith("pairs out"))
     shares = {int(s): int(n) for s, n in re.findall(r"scenario (\d): (\d+)", line)}
     assert set(shares) == set(MIX) and sum(shares.values()) == summary["pairs"][next(iter(summary["pairs"]))], line
+
+
+def test_cli_info_summarises_tables_scenarios_and_provenance(built, models):
+    done = _cli("info", str(built["root"]))
+    assert done.returncode == 0, done.stderr
+    ws = built["ws"]
+    for table in ("prompts", "candidates", "judgments", "pairs"):
+        row = re.search(rf"^\s+{table}\s+([\d,]+) rows", done.stdout, re.M)
+        assert row and int(row.group(1).replace(",", "")) == ws.count(table), (table, done.stdout)
+    datasets = {p["dataset"] for p in ws.read("pairs", ["dataset"]).to_pylist()}
+    for name in datasets:
+        assert f"dataset={name} " in done.stdout, done.stdout
+    for scenario, kind in ((1, "on-policy"), (2, "mixed"), (4, "off-policy")):
+        assert f"scenario={scenario}  kind={kind}" in done.stdout, done.stdout
+    assert f"model_name={models['policy']}" in done.stdout and "judge_name=verifier" in done.stdout
+    assert "stages done:" in done.stdout and "build:scenario2" in done.stdout
