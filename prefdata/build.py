@@ -270,8 +270,8 @@ def format_summary(summary: dict) -> str:
     for dataset, dropped in summary.get("dropped", {}).items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()) if v) or "none"
         lines.append(f"dropped {dataset:<12}{reasons}")
+    shares = ", ".join(f"scenario {m['scenario']}: {m['len']}" for m in summary.get("mix", []))
     for dataset, n in summary["pairs"].items():
-        shares = ", ".join(f"scenario {m['scenario']}: {m['len']}" for m in summary.get("mix", []))
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
     return "\n".join(lines)

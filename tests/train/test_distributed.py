@@ -120,6 +120,7 @@ def test_two_processes_match_one(tmp_path):
 def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
     """`torchrun ... prefdata train` on a workspace whose pairs have no reference log-probs:
     rank 0 scores (the only writer), rank 1 waits, both train, one model is written."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from prefdata.score import model_hash
@@ -131,7 +132,7 @@ def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
         for path in ws.parts("pairs"):
             table = pq.read_table(path)
             table = table.set_column(table.schema.get_field_index("ref_model_hash"), "ref_model_hash",
-                                     pa_nulls(table.num_rows))
+                                     pa.nulls(table.num_rows, pa.string()))
             ws.write_part("pairs", path.name[len("part-"):-len(".parquet")], table)
     assert set(Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()) == {None}
 
@@ -147,9 +148,3 @@ def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
     hashes = Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()
     assert set(hashes) == {model_hash(model_dir)}  # scored once, by rank 0
     assert (out / "model" / "model.safetensors").is_file()
-
-
-def pa_nulls(n: int):
-    import pyarrow as pa
-
-    return pa.nulls(n, pa.string())
