@@ -42,7 +42,7 @@ class TrainConfig:
 # samples are the rejected side, so it only needs to be a plausible, different,
 # imperfect writer.
 RECIPES = {
-    "policy": TrainConfig(style="policy"),
+    "policy": TrainConfig(style="policy", steps=1200),
     "other": TrainConfig(style="other", steps=200),
 }
 

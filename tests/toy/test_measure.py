@@ -38,7 +38,7 @@ def test_shipped_model_loads_and_generates(path_fn):
 @pytest.mark.slow
 def test_measure_shows_imperfect_policy_and_on_policy_gap():
     m = measure.measure(n=60, seed=0)
-    assert 0.1 <= m["policy_accuracy"] <= 0.9  # imperfect, but right often enough to pair
+    assert 0.3 <= m["policy_accuracy"] <= 0.8  # the 30-80 % band: imperfect, but right often enough to pair
     assert m["other_accuracy"] < 1.0
     own = m["logp_policy_own_samples"]
     assert own > m["logp_policy_reference"] + 0.5
