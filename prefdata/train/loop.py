@@ -176,7 +176,10 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t])
 
     # ---- optimizer, and resume -------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over every tensor (CPU and CUDA), not a Python loop per parameter;
+    # FSDP2's sharded DTensor parameters take the multi-tensor (foreach) path instead
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  **({"foreach": True} if fsdp and ctx.active else {"fused": True}))
     history: dict = {"train": [], "eval": [], "grads": [], "before": {}}
     step = 0
     # rank 0 chooses; every rank then reads that file (the run directory is shared, like the workspace)
