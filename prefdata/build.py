@@ -138,13 +138,7 @@ def make_judge(cfg: BuildConfig):
 
         return RewardModelJudge(RewardModelConfig(model_path=judge_cfg.model,
                                                   trust_remote_code=judge_cfg.trust_remote_code))
-    try:
-        from prefdata.judge.serve import llm_judge_from_config
-    except ModuleNotFoundError as err:
-        if err.name != "prefdata.judge.serve":
-            raise
-        raise PrefdataError("the llm judge is not available in `prefdata build` in this version",
-                            "use --judge verifier or --judge reward_model") from None
+    from prefdata.judge.serve import llm_judge_from_config
 
     return llm_judge_from_config(judge_cfg)
 

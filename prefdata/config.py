@@ -57,12 +57,23 @@ class JudgeConfig:
     timeout_s: float = 5.0
     batch_size: int = 256
     trust_remote_code: bool = False
+    # llm judge only: greedy decoding budget, extra attempts after an unparsable output,
+    # the name in judge_name ("llm:<model_name>", default: the model directory's name),
+    # and the context to check prompts against (default: the model's config.json)
+    max_tokens: int = 512
+    max_retries: int = 2
+    model_name: str | None = None
+    max_model_len: int | None = None
 
     def __post_init__(self):
         if self.kind not in ("verifier", "llm", "reward_model"):
             raise PrefdataError(f"unknown judge kind {self.kind!r}", "use verifier, llm or reward_model")
         if self.kind != "verifier" and not self.model:
             raise PrefdataError(f"judge kind {self.kind!r} needs a model", "set [judge] model = \"PATH\"")
+        if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
+            raise PrefdataError(f"judge max_tokens={self.max_tokens!r}", "use max_tokens >= 1")
+        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
+            raise PrefdataError(f"judge max_retries={self.max_retries!r}", "use max_retries >= 0")
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,15 @@ def setup_models(tmp: Path, ws: Path, model: Path) -> None:
     _write(broken_tok / "tokenizer.json", b"{ this is not json")
 
 
+def setup_long_context_judge(tmp: Path, ws: Path, model: Path) -> None:
+    """The tiny random model with a 2048-token context: a judge prompt fits, its answers are garbage."""
+    out = tmp / "long-judge"
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text())
+    config["max_position_embeddings"] = 2048  # rotary positions: no weights depend on it
+    (out / "config.json").write_text(json.dumps(config))
+
+
 def setup_nan_reward_model(tmp: Path, ws: Path, model: Path) -> None:
     """A sequence classifier whose weights are all NaN: every score it gives is NaN."""
     import torch
@@ -294,10 +303,12 @@ CASES = [
     Case("build-reward-model-inf-scores", ("build", NEW_WS, *SCN2, "--judge", "reward_model",
                                            "--judge-model", "{tmp}/inf-rm"),
          r"non-finite scores \(NaN/inf\)", (setup_inf_reward_model,)),
-    Case("build-llm-judge-garbage", ("build", NEW_WS, *SCN2, "--judge", "llm", "--judge-model", "{model}"),
-         # until `prefdata build` wires the llm judge (prefdata.judge.serve), the CLI says so in one
-         # line; the garbage-judge behaviour itself is checked by test_garbage_judge_output_is_kept_not_scored
-         r"(verdict|pairs|parse|llm judge is not available)"),
+    Case("build-llm-judge-context-too-small", ("build", NEW_WS, *SCN2, "--judge", "llm", "--judge-model", "{model}"),
+         r"judge prompt has \d+ tokens.*exceeds the judge model's context of 512"),
+    Case("build-llm-judge-garbage", ("build", NEW_WS, *SCN2, "--judge", "llm", "--judge-model", "{tmp}/long-judge",
+                                     "--set", "judge.max_tokens=32", "--set", "judge.max_retries=1"),
+         # a judge model that answers garbage: every verdict is parse_error, nothing can be paired
+         r"no pairs survived selection.*unscored", (setup_long_context_judge,)),
     # ---- build: workspaces ----
     Case("build-workspace-is-a-file", ("build", "{tmp}/afile", *SCN2), r"afile.*is a file", (setup_sources,)),
     Case("build-workspace-not-a-workspace", ("build", "{tmp}/notws", *SCN2), r"notws.*not a prefdata workspace",

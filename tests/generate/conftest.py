@@ -38,7 +38,7 @@ def build_char_model(out: Path) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                   unk_token="<unk>", chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
@@ -61,24 +61,6 @@ def model_dir(tmp_path_factory) -> Path:
     except ImportError:
         return build_char_model(out)
     return save_model(build_model(seed=0), out, name="test")
-
-
-@pytest.fixture(scope="session")
-def random_model_dir(tmp_path_factory) -> Path:
-    """Always a random-init model: its samples are diverse, so seeds visibly matter."""
-    return build_char_model(tmp_path_factory.mktemp("random-model"))
-
-
-@pytest.fixture(scope="session")
-def vllm_backend(random_model_dir):
-    """One vLLM engine for the whole session: starting one takes about a minute on CPU."""
-    pytest.importorskip("vllm")
-    from prefdata.generate import model_hash
-    from prefdata.generate.vllm_backend import VLLMBackend
-
-    backend = VLLMBackend(str(random_model_dir), model_hash(random_model_dir), max_model_len=512)
-    yield backend
-    backend.close()
 
 
 def make_prompts(n: int, offset: int = 0) -> pa.Table:

@@ -36,7 +36,7 @@ def server(random_model_dir, tmp_path_factory):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(random_model_dir),
-           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
+           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048",
            "--enforce-eager", "--gpu-memory-utilization", "0.3", "--load-format", "safetensors",
            "--enable-prefix-caching"]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
