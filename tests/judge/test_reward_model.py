@@ -1,4 +1,5 @@
-"""Reward-model judge on a tiny random-init Llama sequence classifier built here."""
+"""Reward-model judge on a tiny Llama sequence classifier built here: random-init, and trained
+for a few seconds to prefer solutions that reach their answer."""
 
 from __future__ import annotations
 
@@ -61,3 +62,59 @@ def test_refuses_pickle_only_checkpoints(tmp_path, tiny_rm):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(PrefdataError, match="safetensors"):
         RewardModelJudge(RewardModelConfig(str(tmp_path)))
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_rm, tmp_path_factory):
+    """The tiny classifier trained (seconds on CPU) to prefer a solution that reaches its
+    `#### N` answer over the same solution cut off before it: a reward model with a real signal."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from prefdata.judge.reward_model import RewardModelConfig, RewardModelJudge
+    from prefdata.toy.task import generate
+
+    path = shutil.copytree(tiny_rm, tmp_path_factory.mktemp("trained-rm") / "rm")
+    judge = RewardModelJudge(RewardModelConfig(str(path)))
+    texts, labels = [], []
+    for p in generate("train", 256, seed=0):
+        for response, label in ((p.reference_solution, 1.0), (_cut(p.reference_solution), 0.0)):
+            texts.append(judge.render(JudgeItem("c", "p", p.question, response)))
+            labels.append(label)
+    model = AutoModelForSequenceClassification.from_pretrained(path).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(len(texts), (32,), generator=gen).tolist()
+        batch = judge.tokenizer([texts[i] for i in idx], padding=True, return_tensors="pt")
+        logits = model(**batch).logits.squeeze(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([labels[i] for i in idx]))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _cut(solution: str) -> str:
+    return solution[:solution.rindex("####")].rstrip()
+
+
+def test_trained_classifier_ranks_finished_solutions_first(trained_rm, tiny_rm):
+    from prefdata.judge.reward_model import RewardModelConfig, RewardModelJudge
+    from prefdata.toy.task import generate
+
+    held_out = generate("test", 40, seed=1)
+    data = [JudgeItem(f"c{i}{k}", f"p{i}", p.question, text)
+            for i, p in enumerate(held_out) for k, text in enumerate((p.reference_solution, _cut(p.reference_solution)))]
+    trained = RewardModelJudge(RewardModelConfig(str(trained_rm), batch_size=16))
+    scores = [v.score for v in trained.judge(data)]
+    wins = sum(scores[2 * i] > scores[2 * i + 1] for i in range(len(held_out)))
+    assert wins >= 0.95 * len(held_out)
+    untrained = [v.score for v in RewardModelJudge(RewardModelConfig(str(tiny_rm))).judge(data)]
+    # the ranking comes from training: the same classifier before it does not rank this way (7/40 here)
+    assert sum(untrained[2 * i] > untrained[2 * i + 1] for i in range(len(held_out))) < 0.95 * len(held_out)
+    # new weights are a new judge version: its scores never mix with the untrained model's
+    assert trained.version != RewardModelJudge(RewardModelConfig(str(tiny_rm))).version
