@@ -172,7 +172,8 @@ def step_judge(state: BuildState) -> BuildState:
 
 def step_select(state: BuildState) -> BuildState:
     """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
-    from prefdata.select import SelectConfig, mix_pairs, select_pairs
+    from prefdata.mix import mix_pairs
+    from prefdata.select import SelectConfig, select_pairs
 
     cfg = state.cfg
     select_cfg = SelectConfig(**{"seed": cfg.seed, **cfg.select})

@@ -157,11 +157,11 @@ def build_config(raw: dict) -> BuildConfig:
         raise PrefdataError(f"unknown top-level key(s) {unknown} in pipeline", f"allowed: {', '.join(sorted(allowed))}")
     mix = raw.get("mix")
     if isinstance(mix, str):
-        from prefdata.select import parse_mix
+        from prefdata.mix import parse_mix
 
         mix = parse_mix(mix)
     elif isinstance(mix, dict):
-        from prefdata.select import parse_mix
+        from prefdata.mix import parse_mix
 
         mix = parse_mix(",".join(f"{k}={v}" for k, v in mix.items()))
     scenarios = tuple(sorted(mix)) if mix else tuple(raw.get("scenarios", ()))

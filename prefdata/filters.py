@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import polars as pl
 
 REASON = "drop_reason"
@@ -43,8 +44,9 @@ def alive() -> pl.Expr:
 def mark(df: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
     """Add/extend ``drop_reason`` with the first matching rule's reason, in rule order.
 
-    Consecutive expression rules become one when/then chain (one pass over the
-    rows); a rule function first sees the frame marked by the rules before it.
+    Consecutive expression rules are evaluated together, in one parallel pass over
+    the rows, and each row still alive takes the reason of the first that matches;
+    a rule function first sees the frame marked by the rules before it.
     """
     if REASON not in df.columns:
         df = df.with_columns(pl.lit(None, pl.String).alias(REASON))
@@ -53,11 +55,19 @@ def mark(df: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
     def apply(frame: pl.DataFrame) -> pl.DataFrame:
         if not pending:
             return frame
-        chain = pl.when(~alive()).then(pl.col(REASON))
-        for reason, expr in pending:
-            chain = chain.when(expr.fill_null(False)).then(pl.lit(reason))
+        tests = frame.select([expr.fill_null(False).alias(f"_rule{i}") for i, (_, expr) in enumerate(pending)])
+        undecided = frame[REASON].is_null().to_numpy()
+        first = np.full(frame.height, -1, np.int64)
+        for i, column in enumerate(tests.iter_columns()):
+            hit = undecided & column.to_numpy()
+            first[hit] = i
+            undecided &= ~hit
+        rows = np.flatnonzero(first >= 0)
+        reasons = pl.Series([reason for reason, _ in pending], dtype=pl.String)
         pending.clear()
-        return frame.with_columns(chain.otherwise(pl.col(REASON)).alias(REASON))
+        if not len(rows):
+            return frame
+        return frame.with_columns(frame[REASON].scatter(rows, reasons.gather(first[rows])))
 
     for reason, expr in rules:
         if callable(expr) and not isinstance(expr, pl.Expr):
@@ -70,8 +80,8 @@ def mark(df: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
 def drop_counts(df: pl.DataFrame) -> dict[str, int]:
     """Dropped rows per reason, largest count first (ties by name); reasons starting
     with "_" are bookkeeping (rows out of scope), not drops, and are not counted."""
-    counts = df.group_by(REASON).len().filter(pl.col(REASON).is_not_null() & ~pl.col(REASON).str.starts_with("_"))
-    pairs = sorted(counts.iter_rows(), key=lambda row: (-row[1], row[0]))
+    counts = df[REASON].drop_nulls().value_counts()
+    pairs = sorted(((r, n) for r, n in counts.iter_rows() if not r.startswith("_")), key=lambda row: (-row[1], row[0]))
     return {reason: n for reason, n in pairs}
 
 
@@ -86,7 +96,10 @@ def normalised(col: str = "text") -> pl.Expr:
     return pl.col(col).str.strip_chars().str.replace_all(r"\s\s+|[^\S ]", " ")
 
 
-def is_empty(col: str = "text") -> pl.Expr:
+def is_empty(col: str = "text", blank: str | None = None) -> pl.Expr:
+    """No non-whitespace character. ``blank`` names a precomputed column (`text_keys`'s ``_blank``)."""
+    if blank is not None:
+        return pl.col(blank)
     # "no non-whitespace character": a scan that stops at the first one, no stripped copy
     return pl.col(col).is_null() | ~pl.col(col).str.contains(r"\S")
 
@@ -106,63 +119,93 @@ def is_unscored() -> pl.Expr:
     return pl.col("score").is_null()
 
 
-def normalised_hash(df: pl.DataFrame, col: str = "text") -> pl.Series:
-    """Per-row 64-bit hash of `normalised` text, rewriting only texts that need it.
+# Whitespace that `normalised` may rewrite, as literals: scanning for these (Aho-Corasick,
+# prefix, suffix) is ~2x cheaper than one regex. Non-ASCII texts are all sent to the rewrite,
+# which covers Unicode spaces; rewriting a text that is already normal changes nothing.
+_ASCII_SPACE_MARKS = ["  ", "\t", "\n", "\r", "\x0b", "\x0c"]
 
-    Most texts are usually already normal; a scan that only *finds* abnormal
-    whitespace is ~4x cheaper than a rewrite, so the rewrite runs on that subset
-    and its hashes are scattered back. Hashes are for in-process grouping only
-    (Polars' hash is not stable across versions).
+
+def needs_normalising(col: str = "text") -> pl.Expr:
+    """True where `normalised` may change the text (a superset of the rows it changes)."""
+    c = pl.col(col)
+    return (c.str.contains_any(_ASCII_SPACE_MARKS) | c.str.starts_with(" ") | c.str.ends_with(" ")
+            | (c.str.len_bytes() != c.str.len_chars())).fill_null(False)
+
+
+def text_keys(df: pl.DataFrame, col: str = "text") -> pl.DataFrame:
+    """Per row: ``_nhash``, a 64-bit hash of the `normalised` text, and ``_blank``, no
+    non-whitespace character (null counts as blank).
+
+    Most texts are usually already normal, so only the rows `needs_normalising` finds
+    are rewritten, and their hashes are scattered back. Both passes run on Polars'
+    streaming engine, which splits the column across cores. Hashes are for in-process
+    grouping only (Polars' hash is not stable across versions).
     """
-    needs = df.select(pl.col(col).str.contains(r"\s\s|[^\S ]|^\s|\s$").fill_null(False))
-    hashes = df[col].hash()
-    rows = needs.to_series().arg_true()
+    text = pl.col(col)
+    facts = df.lazy().select(needs_normalising(col).alias("_fix"), text.hash().alias("_nhash"),
+                             (text.is_null() | (text.str.len_bytes() == 0)).alias("_blank")
+                             ).collect(engine="streaming")
+    nhash, blank = facts["_nhash"], facts["_blank"]
+    rows = facts["_fix"].arg_true()
     if len(rows):
-        fixed = df[col].gather(rows).to_frame().select(normalised(col).hash()).to_series()
-        hashes = hashes.scatter(rows, fixed)
-    return hashes
+        fixed = (df[col].gather(rows).to_frame().lazy().select(normalised(col).alias("_n"))
+                 .select(pl.col("_n").hash().alias("h"), (pl.col("_n").str.len_bytes() == 0).alias("b"))
+                 .collect(engine="streaming"))
+        nhash, blank = nhash.scatter(rows, fixed["h"]), blank.scatter(rows, fixed["b"])
+    return pl.DataFrame([nhash.alias("_nhash"), blank.alias("_blank")])
+
+
+def normalised_hash(df: pl.DataFrame, col: str = "text") -> pl.Series:
+    """Per-row 64-bit hash of `normalised` text (see `text_keys`)."""
+    return text_keys(df, col)["_nhash"]
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: mixes a second key into a hash
 
 
 def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "candidate_id",
-                 group: str | None = None):
+                 group: str | None = None, text_hash: str | None = None):
     """Same prompt and origin, same normalised text: keep the smallest surviving candidate_id.
 
     Duplicates are looked for within one origin, so a policy sample that happens
     to equal the reference does not remove the reference; `is_same_text` catches
     such a pair later. Returns a rule function. Texts are compared by a 64-bit
     hash of their normalised form (a collision would merge two texts of one
-    prompt: ~1e-18 per prompt of 8 samples).
+    prompt: ~1e-18 per prompt of 8 samples); ``text_hash`` names a precomputed
+    one (`text_keys`'s ``_nhash``).
 
     ``group`` names a *sorted* integer prompt-group column (select's ``_g``):
     then rows are only compared with their neighbours in the same group, by
-    shifting, which is linear and avoids a million-entry hash table. Only rows
+    shifted array compares, which is linear and needs no hash table. Only rows
     found to have a twin go through the (small) sort that picks the survivor.
     """
     def rule(df: pl.DataFrame) -> pl.Expr:
         others = [k for k in keys if k != group]
-        narrow = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), alive().alias("_alive"),
-                           *([pl.col(group)] if group else []), *[pl.col(k) for k in others])
-        narrow = narrow.with_columns(normalised_hash(df).alias("_text")).filter("_alive")
-        # one u64 per row for (other keys, text): the neighbour checks compare two numbers
-        narrow = narrow.select("_row", *([group] if group else []),
-                               pl.struct([*others, "_text"]).hash().alias("_key"))
-        same = [*([group] if group else []), "_key"]
-        width = narrow.group_by(group).len()["len"].max() if group and narrow.height else None
+        rows = df.select(alive()).to_series().arg_true().to_numpy()
+        text = (df[text_hash] if text_hash else normalised_hash(df)).to_numpy()
+        if others:  # one u64 per row for (other keys, text)
+            other = df[others[0]].hash() if len(others) == 1 else df.select(pl.struct(others).hash()).to_series()
+            text = text ^ (other.to_numpy() * _MIX)
+        key = text[rows]
+        g = df[group].to_numpy().astype(np.int64)[rows] if group else None
+        twin = np.zeros(len(rows), bool)
+        width = int(np.diff(np.flatnonzero(np.diff(g, prepend=-1, append=-1) != 0)).max()) \
+            if group and len(rows) else None
         if width is not None and width <= 32:
-            def twin(j: int) -> pl.Expr:  # equal to the row j places earlier (same group, same key)
-                return pl.all_horizontal([pl.col(c) == pl.col(c).shift(j) for c in same])
-            checks = [twin(j) for j in range(1, width)]
-            if checks:
-                flagged = pl.any_horizontal([*checks, *[c.shift(-j) for j, c in enumerate(checks, 1)]])
-                twins = narrow.filter(flagged.fill_null(False))
-            else:  # one row per group: nothing can repeat
-                twins = narrow.clear()
-        else:
-            twins = narrow.filter(pl.struct(same).is_duplicated())
-        twins = twins.with_columns(df[order].gather(twins["_row"]).alias("_ord")).sort([*same, "_ord"])
-        repeat = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in same]).fill_null(False)
-        dropped = twins.filter(repeat)["_row"]
-        return pl.int_range(pl.len(), dtype=pl.UInt32).is_in(dropped.implode())
+            for j in range(1, width):  # equal to the row j places earlier, in the same group
+                same = (key[j:] == key[:-j]) & (g[j:] == g[:-j])
+                twin[j:] |= same
+                twin[:-j] |= same
+        elif len(rows):
+            frame = pl.DataFrame({"k": key, **({"g": g} if group else {})})
+            twin = frame.select(pl.struct(frame.columns).is_duplicated()).to_series().to_numpy()
+        tw = rows[twin]
+        twins = pl.DataFrame({"_row": tw, "_k": key[twin], "_g": g[twin] if group else np.zeros(len(tw), np.int64),
+                              "_ord": df[order].gather(tw)}).sort("_g", "_k", "_ord")
+        repeat = ((pl.col("_g") == pl.col("_g").shift(1)) & (pl.col("_k") == pl.col("_k").shift(1))).fill_null(False)
+        dropped = np.zeros(df.height, bool)
+        dropped[twins.filter(repeat)["_row"].to_numpy()] = True
+        return pl.lit(pl.Series("_duplicate", dropped))
     return rule
 
 
@@ -233,6 +276,23 @@ def is_below_margin(min_margin: float) -> pl.Expr:
     return pl.col("margin") < min_margin
 
 
-def is_same_text(chosen: str = "chosen_text", rejected: str = "rejected_text") -> pl.Expr:
-    """Chosen and rejected say the same thing up to whitespace (DPO would push both ways)."""
-    return normalised(chosen) == normalised(rejected)
+def is_same_text(chosen: str = "chosen_text", rejected: str = "rejected_text",
+                 hashes: tuple[str, str] | None = None):
+    """Chosen and rejected say the same thing up to whitespace (DPO would push both ways).
+
+    With ``hashes`` (columns of `text_keys` hashes of each side) this is a rule function:
+    only pairs whose hashes agree have their texts compared, so a hash collision never
+    drops a pair and no text is normalised for the rest.
+    """
+    if hashes is None:
+        return normalised(chosen) == normalised(rejected)
+
+    def rule(df: pl.DataFrame) -> pl.Expr:
+        rows = df.select((pl.col(hashes[0]) == pl.col(hashes[1])).fill_null(False)).to_series().arg_true()
+        same = np.zeros(df.height, bool)
+        if len(rows):
+            sub = df.select(chosen, rejected)[rows]
+            equal = sub.select((normalised(chosen) == normalised(rejected)).fill_null(False)).to_series()
+            same[rows.to_numpy()[equal.to_numpy()]] = True
+        return pl.lit(pl.Series("_same_text", same))
+    return rule

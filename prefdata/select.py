@@ -1,4 +1,4 @@
-"""Pair selection for the four scenarios, and seeded blends of them. Pure functions.
+"""Pair selection for the four scenarios. Pure functions (blends of them: `prefdata.mix`).
 
 | scenario | chosen                        | rejected                         | kind       |
 |----------|-------------------------------|----------------------------------|------------|
@@ -11,7 +11,9 @@ Input: one row per judged candidate (`load_scored` builds it from a workspace):
 prompt_id, prompt, candidate_id, origin, text, score, judge_name; optional:
 correct, finish_reason, messages, and a token-count column for the budget.
 
-Rules, all as whole-column expressions (`prefdata.filters`):
+Filters are whole-column expressions with reasons (`prefdata.filters`); the picks
+(best / worst / random per prompt) are segment reductions over the rows sorted
+by prompt, in numpy. The rules:
 - candidates are filtered first (empty, truncated, over_budget, unscored,
   duplicate), only for the origins the scenario uses;
 - "best" = highest score, "worst" = lowest score; ties go to the smallest
@@ -35,6 +37,7 @@ from functools import lru_cache
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from prefdata import filters as F
 from prefdata.errors import PrefdataError
@@ -87,7 +90,9 @@ def pair_ids(dataset: str, chosen_ids: pl.Series, rejected_ids: pl.Series) -> pl
     frame = frame.with_columns(pl.lit(dataset, pl.String).alias("d"))
     query = "SELECT substr(sha256(concat(d, chr(31), c, chr(31), r)), 1, 16) AS pair_id FROM frame"
     con = _duckdb()
-    con.register("frame", frame.to_arrow())
+    # in batches, so DuckDB hashes them on every core
+    con.register("frame", pa.Table.from_batches(frame.to_arrow().to_batches(max_chunksize=8192))
+                 if frame.height else frame.to_arrow())
     try:
         table = con.sql(query).to_arrow_table()
     finally:
@@ -95,42 +100,19 @@ def pair_ids(dataset: str, chosen_ids: pl.Series, rejected_ids: pl.Series) -> pl
     return pl.from_arrow(table)["pair_id"].cast(pl.String)
 
 
-def _tiebreak_ids(ids: pl.Series) -> pl.Series:
-    """Ids as numbers when all are 16 lowercase hex chars (the schema's sha256[:16]):
-    same order, and numeric group minima are far cheaper than string ones."""
-    if len(ids) and (ids.str.len_bytes() == 16).all() and not ids.str.contains("[^0-9a-f]").any():
-        return ids.str.to_integer(base=16, dtype=pl.UInt64)
-    return ids
-
-
-def _pick(live: pl.DataFrame, df: pl.DataFrame, flag: str, how: str, seed: int) -> pl.DataFrame:
-    """One row per prompt group ``_g`` among live rows with ``flag`` set: best, worst or seeded random.
-
-    ``live`` is narrow and numeric (``_g`` sorted, ``_row``, score); candidate ids
-    are gathered only for rows tied at the extreme score, where they break the tie.
-    """
-    rows = live.filter(flag)
-    if how in ("best", "worst"):
-        extreme = pl.col("score").max() if how == "best" else pl.col("score").min()
-        rows = rows.filter(pl.col("score") == extreme.over("_g"))  # _g is sorted: slice windows
-        rows = rows.with_columns(pl.len().over("_g").alias("_n"))
-        tied = rows.filter(pl.col("_n") > 1)
-        tied = tied.with_columns(_tiebreak_ids(df["candidate_id"].gather(tied["_row"])).alias("_id"))
-        tied = tied.filter(pl.col("_id") == pl.col("_id").min().over("_g"))  # ties: smallest id
-        rows = pl.concat([rows.filter(pl.col("_n") == 1).drop("_n"), tied.drop("_n", "_id")]).sort("_g")
-    elif how == "random":
-        rows = rows.with_columns(df["candidate_id"].gather(rows["_row"]).alias("_id"),
-                                 df["prompt_id"].gather(rows["_row"]).alias("_pid"))
-        rows = rows.sort("_g", "_id").with_columns(
-            pl.int_range(pl.len()).over("_g").alias("_k"), pl.len().over("_g").alias("_m"))
-        # one draw per prompt, in prompt_id order: independent of the input's row order
-        groups = rows.select("_g", "_pid").unique("_g").sort("_pid")
-        groups = groups.with_columns(pl.Series("_u", np.random.default_rng(seed).random(groups.height)))
-        rows = rows.join(groups, on="_g").filter(
-            pl.col("_k") == (pl.col("_u") * pl.col("_m")).floor().cast(pl.Int64))
-    else:
-        raise ValueError(f"unknown pick {how!r}: use best, worst or random")
-    return rows.select("_g", "_row", "score")
+def _pick_random(df: pl.DataFrame, g: np.ndarray, rows: np.ndarray, score: np.ndarray, seed: int):
+    """(group, row, score) of one seeded random row per group: numpy's PCG64(seed) draws one
+    number per prompt, in prompt_id order, and picks by rank of candidate_id within the prompt,
+    so the result depends on neither the input's row order nor its other prompts' rows."""
+    cands = pl.DataFrame({"_g": g, "_row": rows, "score": score,
+                          "_id": df["candidate_id"].gather(rows), "_pid": df["prompt_id"].gather(rows)})
+    cands = cands.sort("_g", "_id").with_columns(pl.int_range(pl.len()).over("_g").alias("_k"),
+                                                 pl.len().over("_g").alias("_m"))
+    groups = cands.select("_g", "_pid").unique("_g").sort("_pid")
+    groups = groups.with_columns(pl.Series("_u", np.random.default_rng(seed).random(groups.height)))
+    picked = cands.join(groups.select("_g", "_u"), on="_g").filter(
+        pl.col("_k") == (pl.col("_u") * pl.col("_m")).floor().cast(pl.Int64))
+    return picked["_g"].to_numpy(), picked["_row"].to_numpy(), picked["score"].to_numpy()
 
 
 def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
@@ -144,7 +126,8 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
                             "add token counts with filters.add_token_counts first")
     if cfg.other_pick not in ("worst", "random"):
         raise PrefdataError(f"other_pick {cfg.other_pick!r} is unknown", "use worst or random")
-    if df["judge_name"].n_unique() > 1:
+    names = df["judge_name"]
+    if names.len() and ((names != names.first()).any() or 0 < names.null_count() < names.len()):
         raise PrefdataError(f"candidates are scored by several judges {sorted(df['judge_name'].unique())}",
                             "select with one judge's scores at a time")
 
@@ -152,14 +135,15 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
 def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "other", "reference")
                     ) -> list[F.Rule]:
     # rows of origins the scenario does not use are set aside first, and not counted
-    rules = [("_unused_origin", ~pl.col("origin").is_in(list(origins))), ("empty", F.is_empty())]
+    # `_blank` / `_nhash` come from filters.text_keys (select_pairs adds them)
+    rules = [("_unused_origin", ~pl.col("origin").is_in(list(origins))), ("empty", F.is_empty(blank="_blank"))]
     if cfg.drop_truncated:
         rules.append(("truncated", F.is_truncated()))
     if cfg.max_tokens is not None:
         rules.append(("over_budget", F.is_over_budget(cfg.max_tokens, cfg.token_column)))
     rules.append(("unscored", F.is_unscored()))
     if cfg.dedupe:
-        rules.append(("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g")))
+        rules.append(("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g", text_hash="_nhash")))
     return rules
 
 
@@ -173,23 +157,81 @@ def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
     rules += [("tie", F.is_tie()), ("inverted", F.is_inverted())]
     if cfg.min_margin > 0:
         rules.append(("below_margin", F.is_below_margin(cfg.min_margin)))
-    rules.append(("same_text", F.is_same_text()))
+    rules.append(("same_text", F.is_same_text(hashes=("chosen__nhash", "rejected__nhash"))))
     return rules
 
 
-def _group_by_prompt(df: pl.DataFrame) -> pl.DataFrame:
-    """Add ``_g``: a sorted integer id per prompt, so every later group-by is a
-    slice of contiguous rows (10x faster than hashing prompt ids).
+def _group_by_prompt(df: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
+    """Add ``_g``: a sorted integer id per prompt (0, 1, ...), so every later group step
+    works on slices of contiguous rows (10x faster than hashing prompt ids).
 
     Candidates arrive grouped by prompt (generation writes a prompt's samples
     together); ``rle_id`` numbers the runs. If a prompt's rows are not contiguous,
-    the frame is first sorted by prompt_id (slower, same result).
+    the frame is first sorted by prompt_id (slower, same result). Also returns
+    whether group order is prompt_id order (then the pairs need no final sort).
     """
     df = df.with_columns(pl.col("prompt_id").rle_id().alias("_g"))
-    run_starts = df.select(pl.col("prompt_id").filter(pl.col("_g") != pl.col("_g").shift(1, fill_value=-1)))
-    if run_starts.to_series().is_duplicated().any():  # some prompt appears in two separate runs
+    starts = df["prompt_id"].gather(_segments(df["_g"].to_numpy())[0])
+    ordered = bool((starts.slice(1) > starts.slice(0, len(starts) - 1)).all()) if len(starts) > 1 else True
+    if not ordered and starts.is_duplicated().any():  # some prompt appears in two separate runs
         df = df.sort("prompt_id", maintain_order=True).with_columns(pl.col("prompt_id").rle_id().alias("_g"))
-    return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
+        ordered = True
+    return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row")), ordered
+
+
+def _segments(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each run of equal values in a sorted array."""
+    if len(g) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    return starts, np.diff(np.append(starts, len(g)))
+
+
+def _order_keys(ids: pl.Series) -> tuple[np.ndarray, ...]:
+    """Arrays whose lexicographic order (first, then second, ...) is the ids' string order.
+
+    The schema's ids are 16 ASCII bytes (sha256[:16] hex): read straight from the Arrow
+    buffer as two big-endian u64 (byte order = string order, no parsing). Other ids:
+    their dense rank.
+    """
+    lengths = ids.str.len_bytes()
+    arrow = ids.to_arrow() if len(ids) and ids.null_count() == 0 and (lengths == 16).all() else None
+    if arrow is not None and pa.types.is_large_string(arrow.type):
+        offsets = np.frombuffer(arrow.buffers()[1], np.int64)[arrow.offset:arrow.offset + len(arrow) + 1]
+        data = np.frombuffer(arrow.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+        words = data.view(">u8").reshape(len(ids), 2)
+        return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+    return (ids.rank("dense").to_numpy().astype(np.uint64),)
+
+
+def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Series, best: bool):
+    """(group, row, score) of the best (highest) or worst (lowest) scored row of each group
+    of the sorted ``g``; ties go to the smallest candidate id, looked up only for tied rows."""
+    starts, sizes = _segments(g)
+    if not len(starts):
+        return g, rows, score
+    extreme = (np.maximum if best else np.minimum).reduceat(score, starts)
+    at = score == np.repeat(extreme, sizes)
+    tied = at & np.repeat(np.add.reduceat(at, starts) > 1, sizes)
+    winner = at & ~tied
+    if tied.any():
+        t = np.flatnonzero(tied)
+        keep = np.arange(len(t))
+        for key in _order_keys(ids.gather(rows[t])):  # keep the rows at each key's group minimum
+            key = key[keep]
+            starts_t, sizes_t = _segments(g[t[keep]])
+            keep = keep[key == np.repeat(np.minimum.reduceat(key, starts_t), sizes_t)]
+        t = t[keep]
+        t = t[np.concatenate(([True], g[t][1:] != g[t][:-1]))]  # equal ids: the first row
+        winner[t] = True
+    w = np.flatnonzero(winner)
+    return g[w], rows[w], score[w]
+
+
+def _per_group(n_groups: int, g: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
+    out = np.full(n_groups, fill, dtype=values.dtype if values.dtype != bool else np.int64)
+    out[g] = values
+    return out
 
 
 def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
@@ -213,29 +255,48 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
             df = df.with_columns(pl.lit(None, default).alias(name))
     if cfg.unscored_score is not None:
         df = df.with_columns(pl.col("score").fill_null(cfg.unscored_score))
-    df = _group_by_prompt(df)
+    df, ordered = _group_by_prompt(df)
+    df = df.with_columns(F.text_keys(df))
     df = F.mark(df, candidate_rules(cfg, (c_origin, r_origin)))
     counts = F.drop_counts(df)
-    # From here on: a narrow frame of live rows; strings are gathered by _row at the end.
-    live = df.select("_g", "_row", "score", "correct", (pl.col("origin") == c_origin).alias("_is_chosen"),
-                     (pl.col("origin") == r_origin).alias("_is_rejected"),
-                     (pl.col("origin") == "policy").alias("_is_policy")).filter(df[F.REASON].is_null())
+    # From here on: numpy arrays over the sorted prompt groups; strings are gathered by row at the end.
+    live = df[F.REASON].is_null().to_numpy()
+    g_all = df["_g"].to_numpy().astype(np.int64)
+    score_all = df["score"].cast(pl.Float64).to_numpy()
+    first_rows, _ = _segments(g_all)
+    n_groups = len(first_rows)
 
-    frame = df.select("_g", "_row").filter(pl.col("_g") != pl.col("_g").shift(1, fill_value=-1))
-    frame = frame.rename({"_row": "_first_row"})
-    for side, how in (("chosen", c_how), ("rejected", r_how)):
-        pick = _pick(live, df, f"_is_{side}", how, cfg.seed)
-        frame = frame.join(pick.rename({"_row": f"{side}_row", "score": f"{side}_score"}), on="_g", how="left")
+    def of_origin(name: str) -> np.ndarray:
+        return np.flatnonzero(live & (df["origin"] == name).fill_null(False).to_numpy())
+
+    columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
+    for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
+        rows = of_origin(origin)
+        if how == "random":
+            g, picked, score = _pick_random(df, g_all[rows], rows, score_all[rows], cfg.seed)
+        elif how in ("best", "worst"):
+            g, picked, score = _pick_extreme(g_all[rows], score_all[rows], rows, df["candidate_id"], how == "best")
+        else:
+            raise ValueError(f"unknown pick {how!r}: use best, worst or random")
+        columns[f"{side}_row"] = pl.Series(_per_group(n_groups, g, picked.astype(np.int64), -1)).cast(pl.Int64)
+        columns[f"{side}_score"] = pl.Series(_per_group(n_groups, g, score, np.nan), nan_to_null=True)
     if scenario in cfg.uniform_scenarios:
-        stats = live.filter("_is_policy").group_by("_g").agg(
-            pl.col("correct").is_not_null().sum().alias("policy_known"),
-            pl.col("correct").fill_null(False).sum().alias("policy_correct"),
-            pl.col("score").max().alias("policy_max"), pl.col("score").min().alias("policy_min"))
-        frame = frame.join(stats, on="_g", how="left")
+        policy = of_origin("policy")
+        g, known = g_all[policy], df["correct"].is_not_null().to_numpy()[policy]
+        columns["policy_known"] = np.bincount(g, weights=known, minlength=n_groups).astype(np.int64)
+        right = df["correct"].fill_null(False).to_numpy()[policy]
+        columns["policy_correct"] = np.bincount(g, weights=right, minlength=n_groups).astype(np.int64)
+        starts, _ = _segments(g)
+        for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
+            values = reduce.reduceat(score_all[policy], starts) if len(starts) else np.zeros(0)
+            columns[name] = pl.Series(_per_group(n_groups, g[starts], values, np.nan), nan_to_null=True)
+    frame = pl.DataFrame(columns).with_columns(
+        *[pl.when(pl.col(f"{side}_row") >= 0).then(pl.col(f"{side}_row")).cast(pl.UInt32).alias(f"{side}_row")
+          for side in ("chosen", "rejected")])
     frame = frame.with_columns(
         (pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"),
         *[df[col].gather(frame[f"{side}_row"]).alias(f"{side}_{col}")
-          for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text")])
+          for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text", "_nhash")])
     frame = F.mark(frame, pair_rules(scenario, cfg))
     counts.update(F.drop_counts(frame))
 
@@ -258,8 +319,8 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         pl.col("margin").cast(pl.Float64),
         pl.lit(judge_name, pl.String).alias("judge_name"),
         pl.lit(strategy_name(scenario, cfg)).alias("strategy"),
-    ).sort("prompt_id")
-    return pairs, counts
+    )
+    return (pairs if ordered else pairs.sort("prompt_id")), counts
 
 
 def load_scored(ws, judge_name: str, judge_version: str | None = None) -> pl.DataFrame:
@@ -281,117 +342,3 @@ def load_scored(ws, judge_name: str, judge_version: str | None = None) -> pl.Dat
             .join(prompts, on="prompt_id", how="left")
             .with_columns(pl.lit(judge_name).alias("judge_name")))
 
-
-# -- mixes -------------------------------------------------------------------------
-def parse_mix(text: str) -> dict[int, float]:
-    """``"1=0.5,4=0.5"`` -> ``{1: 0.5, 4: 0.5}``; proportions in (0, 1] summing to 1 (±1e-6).
-
-    >>> parse_mix("1=0.25, 4=0.75")
-    {1: 0.25, 4: 0.75}
-    """
-    fix = "write it like --mix 1=0.5,4=0.5 (scenarios 1-4, proportions in (0,1] summing to 1)"
-    mix: dict[int, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        key, sep, value = part.partition("=")
-        try:
-            scenario, share = int(key), float(value)
-        except ValueError:
-            raise PrefdataError(f"bad mix {text!r}: {part!r} is not SCENARIO=PROPORTION", fix) from None
-        if not sep or scenario not in ROLES:
-            raise PrefdataError(f"bad mix {text!r}: {part!r} is not SCENARIO=PROPORTION", fix)
-        if scenario in mix:
-            raise PrefdataError(f"bad mix {text!r}: scenario {scenario} appears twice", fix)
-        mix[scenario] = share
-    validate_mix(mix)
-    return mix
-
-
-def validate_mix(proportions: dict[int, float]) -> None:
-    fix = "proportions must each be in (0, 1] and sum to 1, e.g. 1=0.5,4=0.5"
-    if not proportions:
-        raise PrefdataError("empty mix", fix)
-    for scenario, share in proportions.items():
-        if scenario not in ROLES:
-            raise PrefdataError(f"mix names unknown scenario {scenario}", "use scenarios 1-4")
-        if not (0.0 < share <= 1.0):  # also rejects NaN
-            raise PrefdataError(f"mix proportion {scenario}={share:g} is outside (0, 1]", fix)
-    total = sum(proportions.values())
-    if abs(total - 1.0) > 1e-6:
-        raise PrefdataError(f"mix proportions sum to {total:g}, not 1", fix)
-
-
-def mix_name(proportions: dict[int, float]) -> str:
-    return "mix-" + ",".join(f"{s}={p:g}" for s, p in sorted(proportions.items()))
-
-
-def apportion(total: int, proportions: dict[int, float]) -> dict[int, int]:
-    """Integer counts summing to `total`: floors, then largest remainders (ties: lower scenario).
-
-    >>> apportion(5, {1: 0.5, 4: 0.5})
-    {1: 3, 4: 2}
-    """
-    exact = {s: p * total for s, p in proportions.items()}
-    counts = {s: int(np.floor(v + 1e-9)) for s, v in exact.items()}
-    by_remainder = sorted(exact, key=lambda s: (-(exact[s] - counts[s]), s))
-    for s in by_remainder[:total - sum(counts.values())]:
-        counts[s] += 1
-    return counts
-
-
-def mix_pairs(pairs_by_scenario: dict[int, pl.DataFrame], proportions: dict[int, float], seed: int,
-              total: int | None = None, *, distinct_prompts: bool = True,
-              dataset: str | None = None) -> pl.DataFrame:
-    """A seeded blend of scenario pair sets with exact proportions.
-
-    How counts are chosen: per-scenario counts are `apportion(total, proportions)`.
-    With ``distinct_prompts`` (default) every prompt is used at most once in the
-    mix, so no prompt is weighted twice. Scenarios are filled scarcest first
-    (fewest pairs per unit of proportion); each takes, from the prompts still
-    free, those covered by the fewest other scenarios in the mix, ties broken by
-    a seeded shuffle. ``total=None`` gives the largest total this assignment can
-    fill (bisection); an explicit ``total`` that cannot be filled is an error.
-    Rows come out in the seeded shuffle order; ``dataset`` and ``pair_id`` are
-    re-derived for the mix (default name ``mix-1=0.5,4=0.5``).
-    """
-    validate_mix(proportions)
-    absent = [s for s in proportions if s not in pairs_by_scenario]
-    if absent:
-        raise PrefdataError(f"mix needs scenarios {absent} but they were not built", "build them first")
-    frames = {s: pairs_by_scenario[s] for s in sorted(proportions)}
-    for s, frame in frames.items():
-        if frame["prompt_id"].is_duplicated().any():
-            raise PrefdataError(f"scenario {s} has several pairs for one prompt", "mix one pair per prompt")
-    all_prompts = pl.concat([f.select("prompt_id") for f in frames.values()]).group_by("prompt_id").len("_cover")
-    all_prompts = all_prompts.sort("prompt_id").with_columns(
-        pl.Series("_r", np.random.default_rng(seed).permutation(all_prompts.height)))
-    ranked = {s: f.join(all_prompts, on="prompt_id").sort("_cover", "_r") for s, f in frames.items()}
-    available = {s: f.height for s, f in frames.items()}
-    order = sorted(frames, key=lambda s: (available[s] / proportions[s], s))
-
-    def fill(n: int) -> list[pl.DataFrame] | None:
-        counts, used, picked = apportion(n, proportions), None, []
-        for s in order:
-            pool = ranked[s] if used is None or not distinct_prompts else ranked[s].join(used, on="prompt_id",
-                                                                                           how="anti")
-            if pool.height < counts[s]:
-                return None
-            take = pool.head(counts[s])
-            picked.append(take)
-            used = take.select("prompt_id") if used is None else pl.concat([used, take.select("prompt_id")])
-        return picked
-
-    if total is None:
-        low, high = 0, all_prompts.height if distinct_prompts else sum(available.values())
-        while low < high:  # largest n that fill() accepts
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if fill(mid) is not None else (low, mid - 1)
-        total = low
-    picked = fill(total)
-    if picked is None:
-        raise PrefdataError(f"{mix_name(proportions)} cannot give {total} pairs"
-                            + (" from distinct prompts" if distinct_prompts else ""),
-                            "lower the total, or leave it unset for the largest possible mix")
-    name = dataset or mix_name(proportions)
-    mixed = pl.concat(picked).sort("_r").drop("_cover", "_r")
-    return mixed.with_columns(pl.lit(name).alias("dataset"),
-                              pair_ids(name, mixed["chosen_candidate_id"], mixed["rejected_candidate_id"]))

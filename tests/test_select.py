@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.select import (SelectConfig, apportion, mix_pairs, pair_ids, parse_mix, select_pairs)
+from prefdata.mix import apportion, mix_pairs, parse_mix
+from prefdata.select import SelectConfig, pair_ids, select_pairs
 from prefdata.schemas import conform
 
 _spec = importlib.util.spec_from_file_location("bench_select", Path(__file__).parents[1] / "bench" / "bench_select.py")
