@@ -282,6 +282,10 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
             on_step(step, record)
 
     # ---- the result: Table 1 over all pairs, held-out accuracy, the HF model, the report --------
+    # training is over (its last checkpoint is written): free Adam's moments, twice the weights,
+    # before the final measurements and the save need memory of their own
+    optimizer.state.clear()
+    del optimizer
     model.eval()
     with dist.whole_model(runner, model) as whole:
         after = report.table1_after(whole, tokenizer, prompts, chosen, rejected, cfg, bf16)
