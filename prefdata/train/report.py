@@ -164,6 +164,7 @@ def gradient_norms(model, loss_of: Callable, evalset: EvalSet) -> dict:
         grads = torch.autograd.grad(loss_of(evalset.probe_idx, detach=other).loss, params, allow_unused=True)
         # fp32 norms per tensor, then the norm of those: no fp64 copy of the gradients
         norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads if g is not None]
+        del grads  # one side's gradients (the size of the model) at a time, not both
         out[side] = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
     out["ratio"] = out["rejected"] / out["chosen"] if out["chosen"] else None
     return out
