@@ -160,6 +160,14 @@ def normalised_hash(df: pl.DataFrame, col: str = "text") -> pl.Series:
     return text_keys(df, col)["_nhash"]
 
 
+def segments(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each run of equal values in a sorted array."""
+    if len(g) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    return starts, np.diff(np.append(starts, len(g)))
+
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: mixes a second key into a hash
 
 
@@ -189,8 +197,7 @@ def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "ca
         key = text[rows]
         g = df[group].to_numpy().astype(np.int64)[rows] if group else None
         twin = np.zeros(len(rows), bool)
-        width = int(np.diff(np.flatnonzero(np.diff(g, prepend=-1, append=-1) != 0)).max()) \
-            if group and len(rows) else None
+        width = int(segments(g)[1].max()) if group and len(rows) else None  # the largest group
         if width is not None and width <= 32:
             for j in range(1, width):  # equal to the row j places earlier, in the same group
                 same = (key[j:] == key[:-j]) & (g[j:] == g[:-j])

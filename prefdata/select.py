@@ -128,7 +128,7 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
         raise PrefdataError(f"other_pick {cfg.other_pick!r} is unknown", "use worst or random")
     names = df["judge_name"]
     if names.len() and ((names != names.first()).any() or 0 < names.null_count() < names.len()):
-        raise PrefdataError(f"candidates are scored by several judges {sorted(df['judge_name'].unique())}",
+        raise PrefdataError(f"candidates are scored by several judges {sorted(names.drop_nulls().unique())}",
                             "select with one judge's scores at a time")
 
 
@@ -171,20 +171,12 @@ def _group_by_prompt(df: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     whether group order is prompt_id order (then the pairs need no final sort).
     """
     df = df.with_columns(pl.col("prompt_id").rle_id().alias("_g"))
-    starts = df["prompt_id"].gather(_segments(df["_g"].to_numpy())[0])
+    starts = df["prompt_id"].gather(F.segments(df["_g"].to_numpy())[0])
     ordered = bool((starts.slice(1) > starts.slice(0, len(starts) - 1)).all()) if len(starts) > 1 else True
     if not ordered and starts.is_duplicated().any():  # some prompt appears in two separate runs
         df = df.sort("prompt_id", maintain_order=True).with_columns(pl.col("prompt_id").rle_id().alias("_g"))
         ordered = True
     return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row")), ordered
-
-
-def _segments(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start index and length of each run of equal values in a sorted array."""
-    if len(g) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    return starts, np.diff(np.append(starts, len(g)))
 
 
 def _order_keys(ids: pl.Series) -> tuple[np.ndarray, ...]:
@@ -207,7 +199,7 @@ def _order_keys(ids: pl.Series) -> tuple[np.ndarray, ...]:
 def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Series, best: bool):
     """(group, row, score) of the best (highest) or worst (lowest) scored row of each group
     of the sorted ``g``; ties go to the smallest candidate id, looked up only for tied rows."""
-    starts, sizes = _segments(g)
+    starts, sizes = F.segments(g)
     if not len(starts):
         return g, rows, score
     extreme = (np.maximum if best else np.minimum).reduceat(score, starts)
@@ -219,7 +211,7 @@ def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Se
         keep = np.arange(len(t))
         for key in _order_keys(ids.gather(rows[t])):  # keep the rows at each key's group minimum
             key = key[keep]
-            starts_t, sizes_t = _segments(g[t[keep]])
+            starts_t, sizes_t = F.segments(g[t[keep]])
             keep = keep[key == np.repeat(np.minimum.reduceat(key, starts_t), sizes_t)]
         t = t[keep]
         t = t[np.concatenate(([True], g[t][1:] != g[t][:-1]))]  # equal ids: the first row
@@ -229,7 +221,8 @@ def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Se
 
 
 def _per_group(n_groups: int, g: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
-    out = np.full(n_groups, fill, dtype=values.dtype if values.dtype != bool else np.int64)
+    """One value per prompt group: ``values`` at groups ``g``, ``fill`` elsewhere."""
+    out = np.full(n_groups, fill, dtype=values.dtype)
     out[g] = values
     return out
 
@@ -263,7 +256,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
     live = df[F.REASON].is_null().to_numpy()
     g_all = df["_g"].to_numpy().astype(np.int64)
     score_all = df["score"].cast(pl.Float64).to_numpy()
-    first_rows, _ = _segments(g_all)
+    first_rows, _ = F.segments(g_all)
     n_groups = len(first_rows)
 
     def of_origin(name: str) -> np.ndarray:
@@ -286,7 +279,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         columns["policy_known"] = np.bincount(g, weights=known, minlength=n_groups).astype(np.int64)
         right = df["correct"].fill_null(False).to_numpy()[policy]
         columns["policy_correct"] = np.bincount(g, weights=right, minlength=n_groups).astype(np.int64)
-        starts, _ = _segments(g)
+        starts, _ = F.segments(g)
         for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
             values = reduce.reduceat(score_all[policy], starts) if len(starts) else np.zeros(0)
             columns[name] = pl.Series(_per_group(n_groups, g[starts], values, np.nan), nan_to_null=True)

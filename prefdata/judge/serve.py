@@ -16,6 +16,7 @@ re-judges, and the same one never judges a candidate twice.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
@@ -25,10 +26,8 @@ from prefdata.generate.model import load_tokenizer, model_hash, render, template
 from prefdata.judge.llm_judge import LLMJudge, LLMJudgeConfig
 
 
-def context_length(model_dir: str) -> int | None:
+def context_length(model_dir: str | Path) -> int | None:
     """The model's context window from its config.json (None when it does not say)."""
-    from pathlib import Path
-
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, ValueError):
@@ -99,24 +98,18 @@ def llm_judge_from_config(judge_cfg) -> ServedLLMJudge:
     if remote and not judge_cfg.endpoint_url:
         raise PrefdataError("the llm judge with backend 'openai' has no endpoint_url",
                             "set [judge] endpoint_url, e.g. http://127.0.0.1:8000")
-    validate_model_dir(judge_cfg.model, need_weights=not remote)
+    path = validate_model_dir(judge_cfg.model, need_weights=not remote)
     tokenizer = load_tokenizer(judge_cfg.model, trust_remote_code=judge_cfg.trust_remote_code)
     gen_cfg = GenerationConfig(model=judge_cfg.model, backend=backend, endpoint_url=judge_cfg.endpoint_url,
                                trust_remote_code=judge_cfg.trust_remote_code, quiet=True,
                                max_model_len=judge_cfg.max_model_len)
     mhash = model_hash(judge_cfg.model)
-    name = judge_cfg.model_name or _short_name(judge_cfg.model)
+    name = judge_cfg.model_name or path.resolve().name  # as the reward-model judge names itself
     decoding = {"temperature": 0.0, "max_tokens": judge_cfg.max_tokens}
     version = json.dumps({"model_hash": mhash, "template": template_hash(tokenizer), **decoding}, sort_keys=True)
-    context = judge_cfg.max_model_len or context_length(judge_cfg.model)
+    context = judge_cfg.max_model_len or context_length(path)
     completer = BackendCompleter(lambda: make_backend(gen_cfg, mhash, tokenizer), tokenizer,
                                  judge_cfg.max_tokens, context)
     return ServedLLMJudge(completer, LLMJudgeConfig(model_name=name, max_retries=judge_cfg.max_retries,
                                                     backend_version=version))
 
-
-def _short_name(model: str) -> str:
-    from pathlib import Path
-
-    path = Path(model)
-    return path.name if path.name not in ("", ".") else str(model)
