@@ -37,13 +37,13 @@ import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError, TrainingDiverged, WorkspaceLocked
+from prefdata.train import checkpoint as ckpt
 from prefdata.train.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
@@ -183,7 +183,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     history: dict = {"train": [], "eval": [], "grads": [], "before": {}}
     step = 0
     # rank 0 chooses; every rank then reads that file (the run directory is shared, like the workspace)
-    checkpoint = dist.broadcast_object(_latest_checkpoint(ckpt_dir) if cfg.resume and ctx.main else None, ctx)
+    checkpoint = dist.broadcast_object(ckpt.latest_checkpoint(ckpt_dir) if cfg.resume and ctx.main else None, ctx)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         changed = cfg.differences(TrainConfig.from_dict(state["config"]))
@@ -193,7 +193,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
                                 "pass the same options to resume it, resume=False to start over, "
                                 "or another output directory")
         dist.load_checkpoint_state(runner, model, optimizer, state["model"], state["optimizer"])
-        _set_rng(state["rng"])
+        ckpt.set_rng(state["rng"])
         step, history = state["step"], json.loads(state["history"])
         say(f"resumed {run_dir.name} at step {step} from {checkpoint.name}")
         if ctx.main:  # drop log lines of steps after the checkpoint: they are about to be redone
@@ -276,7 +276,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
             say(f"step {step}/{total_steps} loss {record['loss']:.4f} "
                 f"chosen {history['eval'][-1]['chosen']:.3f} rejected {history['eval'][-1]['rejected']:.3f}")
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
-            _save_checkpoint(ckpt_dir, step, cfg, dist.checkpoint_state(runner, model, optimizer), history,
+            ckpt.save_checkpoint(ckpt_dir, step, cfg, dist.checkpoint_state(runner, model, optimizer), history,
                              pair_digest, ctx.main)
         if on_step:
             on_step(step, record)
@@ -291,7 +291,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         after = report.table1_after(whole, tokenizer, prompts, chosen, rejected, cfg, bf16)
         final = {**history["eval"][-1], "accuracy": report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)}
         if ctx.main:
-            _save_hf_model(whole, tokenizer, cfg.model_path, run_dir / "model")
+            ckpt.save_hf_model(whole, tokenizer, cfg.model_path, run_dir / "model")
     before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
               "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
     result = report.assemble(cfg, history, final, before, after, evalset,
@@ -342,76 +342,9 @@ def _load_pairs(ws, dataset: str) -> dict:
     return subset.to_pydict()
 
 
-def _rng_state() -> dict:
-    import torch
-
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _save_checkpoint(ckpt_dir: Path, step: int, cfg: TrainConfig, states: tuple[dict, dict], history: dict,
-                     pair_digest: str, main: bool = True) -> Path:
-    """Everything a resume needs, in one file written atomically (by rank 0); keeps the newest few.
-
-    `states` = (model state, optimizer state) from `distributed.checkpoint_state`: full and
-    index-keyed whatever the parallelism, so any number of processes can resume it."""
-    import torch
-
-    path = ckpt_dir / f"step-{step:08d}.pt"
-    if not main:
-        return path
-    tmp = ckpt_dir / f".{path.name}.tmp"
-    # history as JSON text: the checkpoint then loads with weights_only=True (no pickled objects)
-    torch.save({"step": step, "model": states[0], "optimizer": states[1],
-                "rng": _rng_state(), "history": json.dumps(history), "config": cfg.to_dict(),
-                "pair_digest": pair_digest}, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    for old in sorted(ckpt_dir.glob("step-*.pt"))[:-cfg.keep_checkpoints or None]:
-        old.unlink()
-    return path
-
-
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(ckpt_dir.glob("step-*.pt")) if ckpt_dir.is_dir() else []
-    return found[-1] if found else None
-
-
 def _diverged(what: str, step: int, ckpt_dir: Path):
-    last = _latest_checkpoint(ckpt_dir)
+    last = ckpt.latest_checkpoint(ckpt_dir)
     kept = (f"the last good checkpoint {last} is kept (resume from it with a lower learning rate)"
             if last else "no checkpoint was written yet; the input model is unchanged")
     raise TrainingDiverged(f"training diverged at step {step}: {what}; {kept}",
                            "lower lr or beta, raise warmup_steps, or set max_grad_norm")
-
-
-def _save_hf_model(model, tokenizer, source: str, out: Path) -> None:
-    """A Hugging Face model directory like the input: same dtype, tokenizer and generation config."""
-    import torch
-
-    source_config = json.loads((Path(source) / "config.json").read_text())
-    dtype = getattr(torch, str(source_config.get("dtype") or source_config.get("torch_dtype") or "float32"))
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    # cast a copy of the weights, not the live model (under FSDP its parameters are gathered views);
-    # one cast per storage keeps tied weights tied, so save_pretrained stores them once
-    cast: dict = {}
-    state = {k: cast.setdefault(v.data_ptr(), v.detach().to(dtype)) for k, v in model.state_dict().items()}
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)  # readers see the old model or the new one, never half of one
