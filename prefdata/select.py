@@ -179,26 +179,10 @@ def _group_by_prompt(df: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row")), ordered
 
 
-def _order_keys(ids: pl.Series) -> tuple[np.ndarray, ...]:
-    """Arrays whose lexicographic order (first, then second, ...) is the ids' string order.
-
-    The schema's ids are 16 ASCII bytes (sha256[:16] hex): read straight from the Arrow
-    buffer as two big-endian u64 (byte order = string order, no parsing). Other ids:
-    their dense rank.
-    """
-    lengths = ids.str.len_bytes()
-    arrow = ids.to_arrow() if len(ids) and ids.null_count() == 0 and (lengths == 16).all() else None
-    if arrow is not None and pa.types.is_large_string(arrow.type):
-        offsets = np.frombuffer(arrow.buffers()[1], np.int64)[arrow.offset:arrow.offset + len(arrow) + 1]
-        data = np.frombuffer(arrow.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-        words = data.view(">u8").reshape(len(ids), 2)
-        return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
-    return (ids.rank("dense").to_numpy().astype(np.uint64),)
-
-
-def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Series, best: bool):
+def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, order: tuple[np.ndarray, ...], best: bool):
     """(group, row, score) of the best (highest) or worst (lowest) scored row of each group
-    of the sorted ``g``; ties go to the smallest candidate id, looked up only for tied rows."""
+    of the sorted ``g``; ties go to the smallest candidate id (``order``: `filters.order_keys`
+    of every row), looked up only for tied rows."""
     starts, sizes = F.segments(g)
     if not len(starts):
         return g, rows, score
@@ -208,12 +192,10 @@ def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, ids: pl.Se
     winner = at & ~tied
     if tied.any():
         t = np.flatnonzero(tied)
-        keep = np.arange(len(t))
-        for key in _order_keys(ids.gather(rows[t])):  # keep the rows at each key's group minimum
-            key = key[keep]
-            starts_t, sizes_t = F.segments(g[t[keep]])
-            keep = keep[key == np.repeat(np.minimum.reduceat(key, starts_t), sizes_t)]
-        t = t[keep]
+        for key in order:  # keep the rows at each key's group minimum
+            key = key[rows[t]]
+            starts_t, sizes_t = F.segments(g[t])
+            t = t[key == np.repeat(np.minimum.reduceat(key, starts_t), sizes_t)]
         t = t[np.concatenate(([True], g[t][1:] != g[t][:-1]))]  # equal ids: the first row
         winner[t] = True
     w = np.flatnonzero(winner)
@@ -225,6 +207,24 @@ def _per_group(n_groups: int, g: np.ndarray, values: np.ndarray, fill) -> np.nda
     out = np.full(n_groups, fill, dtype=values.dtype)
     out[g] = values
     return out
+
+
+def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score_all: np.ndarray,
+                  n_groups: int, by: str) -> dict[str, object]:
+    """Per prompt, what `filters.is_uniform` needs: counts of policy samples with a known and
+    a correct verdict (``by="correct"``), or the policy's highest and lowest score."""
+    g = g_all[policy]
+    if by == "correct":
+        known = df["correct"].is_not_null().to_numpy()[policy]
+        right = df["correct"].fill_null(False).to_numpy()[policy]
+        return {"policy_known": np.bincount(g[known], minlength=n_groups),
+                "policy_correct": np.bincount(g[right], minlength=n_groups)}
+    starts, _ = F.segments(g)
+    stats = {}
+    for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
+        values = reduce.reduceat(score_all[policy], starts) if len(starts) else np.zeros(0)
+        stats[name] = pl.Series(_per_group(n_groups, g[starts], values, np.nan), nan_to_null=True)
+    return stats
 
 
 def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
@@ -259,30 +259,24 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
     first_rows, _ = F.segments(g_all)
     n_groups = len(first_rows)
 
+    @lru_cache(maxsize=None)
     def of_origin(name: str) -> np.ndarray:
         return np.flatnonzero(live & (df["origin"] == name).fill_null(False).to_numpy())
 
     columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
+    order = F.order_keys(df["candidate_id"]) if "best" in (c_how, r_how) or "worst" in (c_how, r_how) else ()
     for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
         rows = of_origin(origin)
         if how == "random":
             g, picked, score = _pick_random(df, g_all[rows], rows, score_all[rows], cfg.seed)
         elif how in ("best", "worst"):
-            g, picked, score = _pick_extreme(g_all[rows], score_all[rows], rows, df["candidate_id"], how == "best")
+            g, picked, score = _pick_extreme(g_all[rows], score_all[rows], rows, order, how == "best")
         else:
             raise ValueError(f"unknown pick {how!r}: use best, worst or random")
         columns[f"{side}_row"] = pl.Series(_per_group(n_groups, g, picked.astype(np.int64), -1)).cast(pl.Int64)
         columns[f"{side}_score"] = pl.Series(_per_group(n_groups, g, score, np.nan), nan_to_null=True)
     if scenario in cfg.uniform_scenarios:
-        policy = of_origin("policy")
-        g, known = g_all[policy], df["correct"].is_not_null().to_numpy()[policy]
-        columns["policy_known"] = np.bincount(g, weights=known, minlength=n_groups).astype(np.int64)
-        right = df["correct"].fill_null(False).to_numpy()[policy]
-        columns["policy_correct"] = np.bincount(g, weights=right, minlength=n_groups).astype(np.int64)
-        starts, _ = F.segments(g)
-        for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
-            values = reduce.reduceat(score_all[policy], starts) if len(starts) else np.zeros(0)
-            columns[name] = pl.Series(_per_group(n_groups, g[starts], values, np.nan), nan_to_null=True)
+        columns.update(_policy_stats(df, of_origin("policy"), g_all, score_all, n_groups, cfg.uniform_by))
     frame = pl.DataFrame(columns).with_columns(
         *[pl.when(pl.col(f"{side}_row") >= 0).then(pl.col(f"{side}_row")).cast(pl.UInt32).alias(f"{side}_row")
           for side in ("chosen", "rejected")])

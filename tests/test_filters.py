@@ -41,6 +41,42 @@ def test_duplicate_keeps_smallest_surviving_id_regardless_of_row_order():
         assert out.filter(pl.col("drop_reason").is_null())["candidate_id"].to_list() == ["b"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_duplicate_rule_matches_the_plain_one(seed):
+    """The shifted-compare path (sorted prompt groups, 16-hex ids) drops the same rows as the
+    sort path, with twins far apart in a group and earlier drops sitting between them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    prompts = np.sort(rng.integers(0, 300, n))
+    ids = [f"{x:016x}" for x in rng.integers(0, 2**63, n)]
+    ids[5] = ids[4]  # two rows of one prompt with one id: the first row stays
+    df = pl.DataFrame({"prompt_id": [f"p{x:04d}" for x in prompts], "_g": prompts.astype(np.uint32),
+                       "origin": rng.choice(["policy", "other"], n), "candidate_id": ids,
+                       "text": [f"t{x}" + "  " * int(s) for x, s in zip(rng.integers(0, 3, n), rng.random(n) < .3)],
+                       "finish_reason": np.where(rng.random(n) < 0.2, "length", "stop")})
+    rules = [("truncated", F.is_truncated())]
+    plain = F.mark(df, rules + [("duplicate", F.is_duplicate())])
+    grouped = F.mark(df, rules + [("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g"))])
+    assert grouped["drop_reason"].to_list() == plain["drop_reason"].to_list()
+    assert 0 < F.drop_counts(grouped)["duplicate"] < n
+    # twins three rows apart, with only dropped rows between them
+    few = df.head(4).with_columns(pl.lit(0, pl.UInt32).alias("_g"), pl.lit("policy").alias("origin"),
+                                  pl.Series("text", ["same", "a", "b", "same "]),
+                                  pl.Series("finish_reason", ["stop", "length", "length", "stop"]))
+    out = F.mark(few, rules + [("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g"))])
+    assert out["drop_reason"].to_list().count("duplicate") == 1
+
+
+def test_mark_keeps_earlier_reasons_and_adds_new_ones():
+    df = frame([("p", "policy", "a", "", "stop", 1.0, True), ("p", "policy", "b", "x", "length", 1.0, True),
+                ("p", "policy", "c", "y", "stop", None, None)])
+    once = F.mark(df, [("empty", F.is_empty())])
+    twice = F.mark(once, [("unscored", F.is_unscored()), ("truncated", F.is_truncated())])
+    assert twice["drop_reason"].to_list() == ["empty", "truncated", "unscored"]
+
+
 def test_over_budget_uses_a_token_column():
     df = frame([("p", "policy", "a", "short", "stop", 1.0, True),
                 ("p", "policy", "b", "long", "stop", 1.0, True)]).with_columns(train_tokens=pl.Series([10, 11]))
