@@ -211,14 +211,16 @@ def _per_group(n_groups: int, g: np.ndarray, values: np.ndarray, fill) -> np.nda
 
 def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score_all: np.ndarray,
                   n_groups: int, by: str) -> dict[str, object]:
-    """Per prompt, what `filters.is_uniform` needs: counts of policy samples with a known and
-    a correct verdict (``by="correct"``), or the policy's highest and lowest score."""
-    g = g_all[policy]
+    """Per prompt, what `filters.is_uniform` needs: counts of live policy samples (``policy``:
+    a row mask) with a known and a correct verdict (``by="correct"``), or the policy's highest
+    and lowest score."""
     if by == "correct":
-        known = df["correct"].is_not_null().to_numpy()[policy]
-        right = df["correct"].fill_null(False).to_numpy()[policy]
-        return {"policy_known": np.bincount(g[known], minlength=n_groups),
-                "policy_correct": np.bincount(g[right], minlength=n_groups)}
+        known = policy & df["correct"].is_not_null().to_numpy()
+        right = policy & df["correct"].fill_null(False).to_numpy()
+        return {"policy_known": np.bincount(g_all[known], minlength=n_groups),
+                "policy_correct": np.bincount(g_all[right], minlength=n_groups)}
+    policy = np.flatnonzero(policy)
+    g = g_all[policy]
     starts, _ = F.segments(g)
     stats = {}
     for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
@@ -260,13 +262,13 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
     n_groups = len(first_rows)
 
     @lru_cache(maxsize=None)
-    def of_origin(name: str) -> np.ndarray:
-        return np.flatnonzero(live & (df["origin"] == name).fill_null(False).to_numpy())
+    def of_origin(name: str) -> np.ndarray:  # a mask of the live rows of one origin
+        return live & (df["origin"] == name).fill_null(False).to_numpy()
 
     columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
     order = F.order_keys(df["candidate_id"]) if "best" in (c_how, r_how) or "worst" in (c_how, r_how) else ()
     for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
-        rows = of_origin(origin)
+        rows = np.flatnonzero(of_origin(origin))
         if how == "random":
             g, picked, score = _pick_random(df, g_all[rows], rows, score_all[rows], cfg.seed)
         elif how in ("best", "worst"):

@@ -168,10 +168,9 @@ def test_matches_per_row_reference_on_random_data(scenario, seed):
     if seed == 2:
         df = df.sample(fraction=1.0, shuffle=True, seed=seed)
     pairs, drops = select_pairs(df, scenario, SelectConfig(min_margin=1.0))
-    expected, expected_drops = bench.python_select(df.to_dicts(), scenario, min_margin=1.0)
-    got = {r[0]: r[1:] for r in pairs.select("prompt_id", "chosen_candidate_id", "rejected_candidate_id",
-                                             "margin").iter_rows()}
-    assert got == expected and drops == expected_drops
+    expected, expected_drops = bench.python_select_frame(df, scenario, min_margin=1.0, schema=pairs.schema)
+    assert pairs.height > 0 and drops == expected_drops
+    assert pairs.equals(expected)  # every column: ids, texts, scores, pair ids, provenance
     # the properties every pair has
     assert (pairs["chosen_candidate_id"] != pairs["rejected_candidate_id"]).all()
     assert (pairs["chosen"].str.replace_all(r"\s+", " ").str.strip_chars()
