@@ -235,6 +235,7 @@ def main(argv=None) -> dict:
     if not same:
         raise SystemExit(f"MISMATCH: polars {pairs.height} pairs {counts}; python {py_pairs.height} pairs {py_counts}")
     med, med_frame, med_rows = _median(ours_t), _median(py_frame_t), _median(py_rows_t)
+    before, after = _median(ours_t[:args.reps]), _median(ours_t[args.reps:])
     load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     result = {
         "benchmark": "select_pairs scenario 1 (best-vs-worst policy) with all filters",
@@ -244,8 +245,8 @@ def main(argv=None) -> dict:
         "prefdata_seconds": ours_t, "python_frame_to_frame_seconds": py_frame_t,
         "python_rows_given_seconds": py_rows_t,
         "prefdata_median_s": round(med, 4), "prefdata_first_call_s": round(ours_t[0], 4),
-        "prefdata_median_before_after_python_s": [round(_median(ours_t[:args.reps]), 4),
-                                                  round(_median(ours_t[args.reps:]), 4)], "python_frame_to_frame_median_s": round(med_frame, 4),
+        "prefdata_median_before_after_python_s": [round(before, 4), round(after, 4)],
+        "python_frame_to_frame_median_s": round(med_frame, 4),
         "python_rows_given_median_s": round(med_rows, 4),
         "speedup_median": round(med_frame / med, 2),
         "speedup_median_rows_given": round(med_rows / med, 2),
@@ -273,9 +274,9 @@ def main(argv=None) -> dict:
         f"| per-row Python: rows given as dicts, pair records out | {args.py_reps} | {med_rows:.3f} | "
         f"{med_rows / med:.1f}x |\n\n"
         f"Same pairs and drop counts: {same}. Pairs kept: {pairs.height:,}. Drops: {counts}.\n\n"
-        f"prefdata's runs: {args.reps} before the Python runs (median {result['prefdata_median_before_after_python_s'][0]:.3f} s) "
-        f"and {args.reps} after (median {result['prefdata_median_before_after_python_s'][1]:.3f} s); the first call of the "
-        f"process, which also imports DuckDB, took {ours_t[0]:.3f} s and is in the median.\n\n"
+        f"prefdata's runs: {args.reps} before the Python runs (median {before:.3f} s) and {args.reps} after "
+        f"(median {after:.3f} s); the first call of the process, which also imports DuckDB, took "
+        f"{ours_t[0]:.3f} s and is in the median.\n\n"
         f"Load average (1/5/15 min) before/after: {load['before']} / {load['after']} on {os.cpu_count()} CPUs "
         "(the machine is shared; all runs are in one process, ours before and after the Python ones).\n")
     print(json.dumps({k: result[k] for k in ("prefdata_median_s", "python_frame_to_frame_median_s",

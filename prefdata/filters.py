@@ -216,7 +216,8 @@ def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "ca
             dropped[twins[_later_copies(key[twins], g[twins], order_keys(df[order].gather(twins)))]] = True
             return pl.lit(pl.Series("_duplicate", dropped))
         rows = np.flatnonzero(live)
-        frame = pl.DataFrame({"_row": rows, "_k": key[rows], "_g": g[rows] if group else np.zeros(len(rows), np.int64),
+        groups = g[rows] if g is not None else np.zeros(len(rows), np.int64)
+        frame = pl.DataFrame({"_row": rows, "_k": key[rows], "_g": groups,
                               "_ord": df[order].gather(rows)}).sort("_g", "_k", "_ord")
         repeat = ((pl.col("_g") == pl.col("_g").shift(1)) & (pl.col("_k") == pl.col("_k").shift(1))).fill_null(False)
         dropped[frame.filter(repeat)["_row"].to_numpy()] = True
