@@ -176,7 +176,7 @@ def _group_by_prompt(df: pl.DataFrame) -> tuple[pl.DataFrame, bool]:
     if not ordered and starts.is_duplicated().any():  # some prompt appears in two separate runs
         df = df.sort("prompt_id", maintain_order=True).with_columns(pl.col("prompt_id").rle_id().alias("_g"))
         ordered = True
-    return df.with_columns(pl.col("_g").set_sorted(), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row")), ordered
+    return df.with_columns(pl.col("_g").set_sorted()), ordered
 
 
 def _pick_extreme(g: np.ndarray, score: np.ndarray, rows: np.ndarray, order: tuple[np.ndarray, ...], best: bool):
