@@ -143,26 +143,42 @@ def needs_normalising(col: str = "text") -> pl.Expr:
             | (c.str.len_bytes() != c.str.len_chars())).fill_null(False)
 
 
+_SAMPLE = 4096  # rows text_keys looks at to choose between its two ways
+# Above this share of texts needing a rewrite, rewriting all is cheaper than finding them
+# first: on 1M multi-line texts the scan costs about a quarter of a full rewrite.
+_REWRITE_ALL_SHARE = 0.7
+
+
 def text_keys(df: pl.DataFrame, col: str = "text") -> pl.DataFrame:
     """Per row: ``_nhash``, a 64-bit hash of the `normalised` text, and ``_blank``, no
     non-whitespace character (null counts as blank).
 
-    Most texts are usually already normal, so only the rows `needs_normalising` finds
-    are rewritten, and their hashes are scattered back. Both passes run on Polars'
+    Two ways to the same result, chosen by what the first rows look like. When most
+    texts are already normal (one-line answers), only the rows `needs_normalising`
+    finds are rewritten, and their hashes are scattered back. When most are not
+    (multi-line responses: every newline is rewritten), finding them first costs more
+    than it saves, so every text is rewritten in one pass. Passes run on Polars'
     streaming engine, which splits the column across cores. Hashes are for in-process
     grouping only (Polars' hash is not stable across versions).
     """
     text = pl.col(col)
+
+    def keys(frame: pl.DataFrame) -> pl.DataFrame:
+        return (frame.lazy().select(normalised(col).alias("_n"))
+                .select(pl.col("_n").hash().alias("_nhash"),
+                        (pl.col("_n").is_null() | (pl.col("_n").str.len_bytes() == 0)).alias("_blank"))
+                .collect(engine="streaming"))
+
+    if (df.head(_SAMPLE).select(needs_normalising(col).mean()).item() or 0) > _REWRITE_ALL_SHARE:
+        return keys(df.select(col))
     facts = df.lazy().select(needs_normalising(col).alias("_fix"), text.hash().alias("_nhash"),
                              (text.is_null() | (text.str.len_bytes() == 0)).alias("_blank")
                              ).collect(engine="streaming")
     nhash, blank = facts["_nhash"], facts["_blank"]
     rows = facts["_fix"].arg_true()
     if len(rows):
-        fixed = (df[col].gather(rows).to_frame().lazy().select(normalised(col).alias("_n"))
-                 .select(pl.col("_n").hash().alias("h"), (pl.col("_n").str.len_bytes() == 0).alias("b"))
-                 .collect(engine="streaming"))
-        nhash, blank = nhash.scatter(rows, fixed["h"]), blank.scatter(rows, fixed["b"])
+        fixed = keys(df[col].gather(rows).to_frame())
+        nhash, blank = nhash.scatter(rows, fixed["_nhash"]), blank.scatter(rows, fixed["_blank"])
     return pl.DataFrame([nhash.alias("_nhash"), blank.alias("_blank")])
 
 

@@ -124,6 +124,22 @@ def test_rules_are_expressions():
         assert isinstance(expr if isinstance(expr, pl.Expr) else expr(df), pl.Expr)
 
 
+@pytest.mark.parametrize("normal_share", [0.9, 0.1])  # one-line answers / multi-line responses
+def test_text_keys_equal_a_full_rewrite_whichever_way_is_taken(normal_share):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    odd = ["a  b", " a b", "a\nb\n\nc", "\t", "   ", "a\u00a0b", "x\r\ny"]
+    texts = [f"t{i} ok" if rng.random() < normal_share else odd[i % len(odd)] for i in range(10_000)]
+    texts[3], texts[4] = None, ""
+    df = pl.DataFrame({"text": texts}, schema={"text": pl.String})
+    keys = F.text_keys(df)
+    n = df.select(F.normalised())
+    assert keys["_nhash"].to_list() == n.select(pl.col("text").hash()).to_series().to_list()
+    assert keys["_blank"].to_list() == n.select(pl.col("text").is_null() | (pl.col("text") == "")).to_series().to_list()
+    assert keys["_blank"].sum() > 2  # None, "" and the whitespace-only texts
+
+
 def test_normalised_hash_equals_full_rewrite():
     df = pl.DataFrame({"text": ["a b", " a  b", "a\tb\n", "a\u00a0b", "ab", "", "a b "]})
     expected = df.select(F.normalised().hash()).to_series()
