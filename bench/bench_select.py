@@ -11,6 +11,7 @@ writes medians to bench/results/select.json and select.md.
 
     python bench/bench_select.py                 # full size (~1-2 min)
     python bench/bench_select.py --prompts 2000  # quick
+    python bench/bench_select.py --multiline     # GSM8K-shaped responses
 
 `python_select` is also the oracle tests/test_select.py cross-checks against.
 """
@@ -35,8 +36,11 @@ ROLES = {1: (("policy", "best"), ("policy", "worst")), 2: (("reference", "best")
 
 
 def make_candidates(n_prompts: int, n_policy: int = 8, n_other: int = 0, with_reference: bool = False,
-                    seed: int = 0) -> pl.DataFrame:
-    """Synthetic judged candidates; rubric scores with per-prompt difficulty, vectorised."""
+                    seed: int = 0, multiline: bool = False) -> pl.DataFrame:
+    """Synthetic judged candidates; rubric scores with per-prompt difficulty, vectorised.
+
+    ``multiline``: responses shaped like GSM8K solutions (several lines, ~145 bytes,
+    ending in ``#### N``) instead of one short line."""
     rng = np.random.default_rng(seed)
     origins = ["policy"] * n_policy + ["other"] * n_other + (["reference"] if with_reference else [])
     k = len(origins)
@@ -73,6 +77,11 @@ def make_candidates(n_prompts: int, n_policy: int = 8, n_other: int = 0, with_re
         .alias("text"),
         pl.lit("verifier").alias("judge_name"),
     )
+    if multiline:
+        df = df.with_columns(pl.when(pl.col("text") == "").then(pl.col("text")).otherwise(pl.concat_str([
+            pl.lit("Let me work it out.\nFirst, "), pl.col("text"),
+            pl.lit("\nThen we add the parts together and check the sum once more.\nSo the answer follows.\n#### "),
+            pl.col("score").cast(pl.Int64).cast(pl.String)])).alias("text"))
     return df.drop("v", "sp", "empty")
 
 
@@ -199,14 +208,18 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=125_000)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=7, help="runs of ours before and again after the Python runs")
-    parser.add_argument("--py-reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=9, help="runs of ours before and again after the Python runs")
+    parser.add_argument("--py-reps", type=int, default=5)
     parser.add_argument("--min-margin", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--multiline", action="store_true",
+                        help="GSM8K-shaped multi-line responses; results go to select_multiline.json/.md")
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
-    df = make_candidates(args.prompts, args.samples)
+    df = make_candidates(args.prompts, args.samples, multiline=args.multiline)
+    name, shape = ("select_multiline", "multi-line GSM8K-shaped responses") if args.multiline else \
+        ("select", "one-line responses")
     scenario = 1
     ours_t, py_frame_t, py_rows_t = [], [], []
 
@@ -244,6 +257,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "select_pairs scenario 1 (best-vs-worst policy) with all filters",
         "candidates": df.height, "prompts": args.prompts, "samples_per_prompt": args.samples,
+        "texts": shape, "mean_text_bytes": round(df["text"].str.len_bytes().mean(), 1),
         "min_margin": args.min_margin, "pairs": pairs.height, "drop_counts": counts,
         "same_pairs_and_counts": same,
         "prefdata_seconds": ours_t, "python_frame_to_frame_seconds": py_frame_t,
@@ -261,11 +275,12 @@ def main(argv=None) -> dict:
                     "platform": platform.platform()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "select.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "select.md").write_text(
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(
         "# Pair selection benchmark\n\n"
-        f"`python bench/bench_select.py` on {df.height:,} judged candidates ({args.prompts:,} prompts x "
-        f"{args.samples}), scenario 1 with every filter (empty, truncated, unscored, duplicate, uniform, "
+        f"`python bench/bench_select.py{' --multiline' if args.multiline else ''}` on {df.height:,} judged "
+        f"candidates ({args.prompts:,} prompts x {args.samples}; {shape}, {result['mean_text_bytes']:.0f} bytes "
+        "on average), scenario 1 with every filter (empty, truncated, unscored, duplicate, uniform, "
         f"tie, min_margin={args.min_margin:g}, same_text); {os.cpu_count()} CPUs, polars {pl.__version__}.\n\n"
         "Both sides start from the judged-candidates frame `load_scored` gives and end with the pairs "
         "frame (every pairs column, sha256 pair ids included); the two results are checked equal, "

@@ -43,55 +43,72 @@ def alive() -> pl.Expr:
 
 
 def mark(df: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
-    """Add/extend ``drop_reason`` with the first matching rule's reason, in rule order.
+    """Add/extend ``drop_reason`` with the first matching rule's reason, in rule order."""
+    numbers = first_reasons(df, rules)
+    return _with_reasons(df, numbers, [reason for reason, _ in rules])
+
+
+def first_reasons(df: pl.DataFrame, rules: Sequence[Rule]) -> np.ndarray:
+    """Per row, the index in ``rules`` of the first rule that drops it (-1: kept, or
+    already dropped by an earlier `mark`, whose reason stays).
 
     Consecutive expression rules are evaluated together as one ``when/then`` chain
-    (a rule number per row, in one pass); the reasons are kept as numbers and
-    turned into strings once, when the column is written. A rule function first
-    sees the frame marked by the rules before it.
+    (a rule number per row, in one pass); reasons stay numbers until `mark` writes
+    them. A rule function first sees the frame marked by the rules before it.
     """
-    if REASON not in df.columns:
-        df = df.with_columns(pl.lit(None, pl.String).alias(REASON))
     names = [reason for reason, _ in rules]
-    codes = np.full(df.height, -1, np.int32)  # index into names; -1: no rule has matched (yet)
-    undecided = df[REASON].is_null().to_numpy()
+    numbers = np.full(df.height, -1, np.int32)
+    undecided = df[REASON].is_null().to_numpy() if REASON in df.columns else np.ones(df.height, bool)
     pending: list[tuple[int, pl.Expr]] = []
 
-    def apply(frame: pl.DataFrame) -> None:
-        if not pending or not frame.height:
-            pending.clear()
-            return
-        chain = pl.when(pending[0][1]).then(pending[0][0])
-        for number, expr in pending[1:]:
-            chain = chain.when(expr).then(number)
-        first = frame.select(chain.otherwise(-1).cast(pl.Int32)).to_series().to_numpy()
-        hit = undecided & (first >= 0)
-        codes[hit] = first[hit]
-        undecided[hit] = False
+    def apply() -> None:
+        if pending and df.height:
+            chain = pl.when(pending[0][1]).then(pending[0][0])
+            for number, expr in pending[1:]:
+                chain = chain.when(expr).then(number)
+            first = df.select(chain.otherwise(-1).cast(pl.Int32)).to_series().to_numpy()
+            hit = undecided & (first >= 0)
+            numbers[hit] = first[hit]
+            undecided[hit] = False
         pending.clear()
-
-    def written(frame: pl.DataFrame) -> pl.DataFrame:
-        if not (codes >= 0).any():
-            return frame
-        number = pl.Series(codes).set(pl.Series(codes < 0), None)
-        reason = pl.Series(names, dtype=pl.String).gather(number)
-        return frame.with_columns(pl.coalesce(frame[REASON], reason).alias(REASON))
 
     for number, (_, expr) in enumerate(rules):
         if callable(expr) and not isinstance(expr, pl.Expr):
-            apply(df)
-            expr = expr(written(df))
+            apply()
+            expr = expr(_with_reasons(df, numbers, names))
         pending.append((number, expr))
-    apply(df)
-    return written(df)
+    apply()
+    return numbers
+
+
+def _with_reasons(df: pl.DataFrame, numbers: np.ndarray, names: list[str]) -> pl.DataFrame:
+    """``df`` with the reasons `first_reasons` numbered written into ``drop_reason``."""
+    if REASON not in df.columns:
+        df = df.with_columns(pl.lit(None, pl.String).alias(REASON))
+    if not (numbers >= 0).any():
+        return df
+    reason = pl.Series(names, dtype=pl.String).gather(pl.Series(numbers).set(pl.Series(numbers < 0), None))
+    return df.with_columns(pl.coalesce(df[REASON], reason).alias(REASON))
 
 
 def drop_counts(df: pl.DataFrame) -> dict[str, int]:
     """Dropped rows per reason, largest count first (ties by name); reasons starting
     with "_" are bookkeeping (rows out of scope), not drops, and are not counted."""
-    counts = df[REASON].drop_nulls().value_counts()
-    pairs = sorted(((r, n) for r, n in counts.iter_rows() if not r.startswith("_")), key=lambda row: (-row[1], row[0]))
-    return {reason: n for reason, n in pairs}
+    return _ranked(df[REASON].drop_nulls().value_counts().iter_rows())
+
+
+def reason_counts(numbers: np.ndarray, rules: Sequence[Rule]) -> dict[str, int]:
+    """`drop_counts` of the rows `first_reasons` numbered, without writing the reasons."""
+    per_rule = np.bincount(numbers[numbers >= 0], minlength=len(rules))
+    return _ranked((reason, int(n)) for (reason, _), n in zip(rules, per_rule) if n)
+
+
+def _ranked(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for reason, n in counts:
+        if not reason.startswith("_"):
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
 
 
 # -- candidate rules ------------------------------------------------------------
@@ -199,7 +216,8 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: mixes a second key 
 
 
 def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "candidate_id",
-                 group: str | None = None, text_hash: str | None = None):
+                 group: str | None = None, text_hash: str | None = None,
+                 order_by: tuple[np.ndarray, ...] | None = None):
     """Same prompt and origin, same normalised text: keep the smallest surviving candidate_id.
 
     Duplicates are looked for within one origin, so a policy sample that happens
@@ -213,7 +231,8 @@ def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "ca
     then rows are only compared with their neighbours in the same group, by
     shifted array compares, which is linear and needs neither a hash table nor
     a sort; the survivor of each set of twins is found the same way, by
-    comparing `order_keys`.
+    comparing `order_keys` (``order_by``: those of the ``order`` column, one per
+    row of the frame the rule will see, when the caller has them already).
     """
     def rule(df: pl.DataFrame) -> pl.Expr:
         others = [k for k in keys if k != group]
@@ -229,7 +248,8 @@ def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "ca
             # a dropped row gets a group of its own, so it is nobody's twin
             g = np.where(live, g.astype(np.int64), -1 - np.arange(df.height))
             twins = np.flatnonzero(_neighbour_twins(key, g, width))
-            dropped[twins[_later_copies(key[twins], g[twins], order_keys(df[order].gather(twins)))]] = True
+            ranks = tuple(k[twins] for k in order_by) if order_by else order_keys(df[order].gather(twins))
+            dropped[twins[_later_copies(key[twins], g[twins], ranks)]] = True
             return pl.lit(pl.Series("_duplicate", dropped))
         rows = np.flatnonzero(live)
         groups = g[rows] if g is not None else np.zeros(len(rows), np.int64)

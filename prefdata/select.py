@@ -132,8 +132,8 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
                             "select with one judge's scores at a time")
 
 
-def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "other", "reference")
-                    ) -> list[F.Rule]:
+def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "other", "reference"),
+                    order_by: tuple[np.ndarray, ...] | None = None) -> list[F.Rule]:
     # rows of origins the scenario does not use are set aside first, and not counted
     # `_blank` / `_nhash` come from filters.text_keys (select_pairs adds them)
     rules = [("_unused_origin", ~pl.col("origin").is_in(list(origins))), ("empty", F.is_empty(blank="_blank"))]
@@ -143,7 +143,8 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
         rules.append(("over_budget", F.is_over_budget(cfg.max_tokens, cfg.token_column)))
     rules.append(("unscored", F.is_unscored()))
     if cfg.dedupe:
-        rules.append(("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g", text_hash="_nhash")))
+        rules.append(("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g", text_hash="_nhash",
+                                                  order_by=order_by)))
     return rules
 
 
@@ -210,22 +211,24 @@ def _per_group(n_groups: int, g: np.ndarray, values: np.ndarray, fill) -> np.nda
 
 
 def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score_all: np.ndarray,
-                  n_groups: int, by: str) -> dict[str, object]:
+                  first_rows: np.ndarray, by: str) -> dict[str, object]:
     """Per prompt, what `filters.is_uniform` needs: counts of live policy samples (``policy``:
     a row mask) with a known and a correct verdict (``by="correct"``), or the policy's highest
-    and lowest score."""
+    and lowest score. ``first_rows``: where each prompt's rows start."""
     if by == "correct":
+        if not len(first_rows):
+            return {"policy_known": np.zeros(0, np.int64), "policy_correct": np.zeros(0, np.int64)}
         known = policy & df["correct"].is_not_null().to_numpy()
         right = policy & df["correct"].fill_null(False).to_numpy()
-        return {"policy_known": np.bincount(g_all[known], minlength=n_groups),
-                "policy_correct": np.bincount(g_all[right], minlength=n_groups)}
+        return {"policy_known": np.add.reduceat(known, first_rows, dtype=np.int64),
+                "policy_correct": np.add.reduceat(right, first_rows, dtype=np.int64)}
     policy = np.flatnonzero(policy)
     g = g_all[policy]
     starts, _ = F.segments(g)
     stats = {}
     for name, reduce in (("policy_max", np.maximum), ("policy_min", np.minimum)):
         values = reduce.reduceat(score_all[policy], starts) if len(starts) else np.zeros(0)
-        stats[name] = pl.Series(_per_group(n_groups, g[starts], values, np.nan), nan_to_null=True)
+        stats[name] = pl.Series(_per_group(len(first_rows), g[starts], values, np.nan), nan_to_null=True)
     return stats
 
 
@@ -252,10 +255,13 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         df = df.with_columns(pl.col("score").fill_null(cfg.unscored_score))
     df, ordered = _group_by_prompt(df)
     df = df.with_columns(F.text_keys(df))
-    df = F.mark(df, candidate_rules(cfg, (c_origin, r_origin)))
-    counts = F.drop_counts(df)
+    # candidate_id order keys: the duplicate rule's survivors and the picks' tie-break
+    order = F.order_keys(df["candidate_id"]) if {c_how, r_how} & {"best", "worst"} or cfg.dedupe else ()
+    rules = candidate_rules(cfg, (c_origin, r_origin), order)
+    reasons = F.first_reasons(df, rules)
+    counts = F.reason_counts(reasons, rules)
     # From here on: numpy arrays over the sorted prompt groups; strings are gathered by row at the end.
-    live = df[F.REASON].is_null().to_numpy()
+    live = reasons < 0
     g_all = df["_g"].to_numpy().astype(np.int64)
     score_all = df["score"].cast(pl.Float64).to_numpy()
     first_rows, _ = F.segments(g_all)
@@ -265,20 +271,24 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
     def of_origin(name: str) -> np.ndarray:  # a mask of the live rows of one origin
         return live & (df["origin"] == name).fill_null(False).to_numpy()
 
+    @lru_cache(maxsize=None)
+    def candidates_of(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # rows, their groups, scores
+        rows = np.flatnonzero(of_origin(name))
+        return rows, g_all[rows], score_all[rows]
+
     columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
-    order = F.order_keys(df["candidate_id"]) if "best" in (c_how, r_how) or "worst" in (c_how, r_how) else ()
     for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
-        rows = np.flatnonzero(of_origin(origin))
+        rows, g, score = candidates_of(origin)
         if how == "random":
-            g, picked, score = _pick_random(df, g_all[rows], rows, score_all[rows], cfg.seed)
+            g, picked, score = _pick_random(df, g, rows, score, cfg.seed)
         elif how in ("best", "worst"):
-            g, picked, score = _pick_extreme(g_all[rows], score_all[rows], rows, order, how == "best")
+            g, picked, score = _pick_extreme(g, score, rows, order, how == "best")
         else:
             raise ValueError(f"unknown pick {how!r}: use best, worst or random")
         columns[f"{side}_row"] = pl.Series(_per_group(n_groups, g, picked.astype(np.int64), -1)).cast(pl.Int64)
         columns[f"{side}_score"] = pl.Series(_per_group(n_groups, g, score, np.nan), nan_to_null=True)
     if scenario in cfg.uniform_scenarios:
-        columns.update(_policy_stats(df, of_origin("policy"), g_all, score_all, n_groups, cfg.uniform_by))
+        columns.update(_policy_stats(df, of_origin("policy"), g_all, score_all, first_rows, cfg.uniform_by))
     frame = pl.DataFrame(columns).with_columns(
         *[pl.when(pl.col(f"{side}_row") >= 0).then(pl.col(f"{side}_row")).cast(pl.UInt32).alias(f"{side}_row")
           for side in ("chosen", "rejected")])

@@ -61,6 +61,12 @@ def test_grouped_duplicate_rule_matches_the_plain_one(seed):
     grouped = F.mark(df, rules + [("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g"))])
     assert grouped["drop_reason"].to_list() == plain["drop_reason"].to_list()
     assert 0 < F.drop_counts(grouped)["duplicate"] < n
+    # order keys handed in (as select does) instead of read from the column: same drops
+    keyed = rules + [("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g",
+                                                  order_by=F.order_keys(df["candidate_id"])))]
+    numbers = F.first_reasons(df, keyed)
+    assert [keyed[i][0] if i >= 0 else None for i in numbers] == grouped["drop_reason"].to_list()
+    assert F.reason_counts(numbers, keyed) == F.drop_counts(grouped)
     # twins three rows apart, with only dropped rows between them
     few = df.head(4).with_columns(pl.lit(0, pl.UInt32).alias("_g"), pl.lit("policy").alias("origin"),
                                   pl.Series("text", ["same", "a", "b", "same "]),
