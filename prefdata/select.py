@@ -143,8 +143,9 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
         rules.append(("over_budget", F.is_over_budget(cfg.max_tokens, cfg.token_column)))
     rules.append(("unscored", F.is_unscored()))
     if cfg.dedupe:
-        rules.append(("duplicate", F.is_duplicate(keys=("_g", "origin"), group="_g", text_hash="_nhash",
-                                                  order_by=order_by)))
+        # with one origin in scope the others are set aside already: no origin key to mix in
+        keys = ("_g", "origin") if len(set(origins)) > 1 else ("_g",)
+        rules.append(("duplicate", F.is_duplicate(keys=keys, group="_g", text_hash="_nhash", order_by=order_by)))
     return rules
 
 
