@@ -261,12 +261,17 @@ def is_duplicate(keys: Sequence[str] = ("prompt_id", "origin"), order: str = "ca
     return rule
 
 
+def _equal_at_distance(key: np.ndarray, g: np.ndarray, width: int):
+    """For each distance j < ``width``: the mask over rows j.. whose (g, key) equals the
+    row j places earlier (a group's rows lie within ``width`` consecutive rows)."""
+    for j in range(1, width):
+        yield j, (key[j:] == key[:-j]) & (g[j:] == g[:-j])
+
+
 def _neighbour_twins(key: np.ndarray, g: np.ndarray, width: int) -> np.ndarray:
-    """Rows whose key equals another row's key in the same group (a group's rows lie
-    within ``width`` consecutive rows)."""
+    """Rows whose key equals another row's key in the same group."""
     twin = np.zeros(len(key), bool)
-    for j in range(1, width):  # equal to the row j places earlier, in the same group
-        same = (key[j:] == key[:-j]) & (g[j:] == g[:-j])
+    for j, same in _equal_at_distance(key, g, width):
         twin[j:] |= same
         twin[:-j] |= same
     return twin
@@ -277,8 +282,7 @@ def _later_copies(key: np.ndarray, g: np.ndarray, order: tuple[np.ndarray, ...])
     (then in position): every pair of the set is compared once, at its distance."""
     drop = np.zeros(len(key), bool)
     width = int(segments(g)[1].max()) if len(g) else 0
-    for j in range(1, width):
-        same = (key[j:] == key[:-j]) & (g[j:] == g[:-j])
+    for j, same in _equal_at_distance(key, g, width):
         later_first = _precedes(tuple(k[j:] for k in order), tuple(k[:-j] for k in order))
         drop[:-j] |= same & later_first
         drop[j:] |= same & ~later_first
