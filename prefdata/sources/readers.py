@@ -244,7 +244,12 @@ def _read_jsonl(path: Path) -> tuple[pa.Table, Callable[[int], str]]:
 
     data = _read_text_bytes(path)
     try:
-        table = pajson.read_json(pa.BufferReader(data))
+        # Single-threaded: when a threaded read fails (a line longer than a
+        # block), Arrow can leave worker tasks running, and the process then
+        # sometimes aborts at exit ("terminate called without an active
+        # exception") instead of exiting with our error. Prompt files are
+        # small enough that one thread reads them about as fast.
+        table = pajson.read_json(pa.BufferReader(data), read_options=pajson.ReadOptions(use_threads=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Arrow reports "row N" within a block, not a line; re-parse in Python
         # to find the exact line, and to accept columns whose type varies by row.

@@ -160,3 +160,27 @@ def test_bad_parquet(tmp_path):
     path = tmp_path / "x.parquet"
     path.write_text(json.dumps({"prompt": "a"}))
     assert "Parquet" in fails(SourceSpec(str(path)))
+
+
+def test_a_line_longer_than_a_read_block_always_exits_with_our_error(tmp_path):
+    # A threaded Arrow read that fails on an over-long line left tasks running,
+    # and the process then often aborted at exit (SIGABRT, about half the runs
+    # of this script) instead of exiting 2. The race shows only at exit, so run
+    # several short processes.
+    import subprocess
+    import sys
+
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b"x" * (4 << 20))
+    script = (
+        "import sys\n"
+        "from prefdata.errors import PrefdataError\n"
+        "from prefdata.sources import SourceSpec, load_prompts\n"
+        f"try: load_prompts(SourceSpec({str(path)!r}))\n"
+        "except PrefdataError: sys.exit(2)\n"
+    )
+    codes = []
+    for _ in range(10):
+        pair = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL) for _ in range(2)]
+        codes += [p.wait(timeout=120) for p in pair]
+    assert codes == [2] * len(codes), codes
