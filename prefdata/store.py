@@ -102,6 +102,12 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _may_precede_manifest(name: str) -> bool:
+    """What a build killed before its first manifest write can leave: table folders, the lock,
+    and the manifest writer's temp file (removed when the writer lock is next taken)."""
+    return name in TABLES or name == LOCK or re.fullmatch(rf"\.{re.escape(MANIFEST)}\.\d+\.tmp", name) is not None
+
+
 class Workspace:
     """A workspace directory. Use `Workspace.open` (existing) or `Workspace.create`."""
 
@@ -123,7 +129,7 @@ class Workspace:
             if not exist_ok:
                 raise PrefdataError(f"workspace {root} already exists", "pick a new path")
             return ws
-        if root.is_dir() and any(p for p in root.iterdir() if p.name not in TABLES and p.name != LOCK):
+        if root.is_dir() and any(p for p in root.iterdir() if not _may_precede_manifest(p.name)):
             raise PrefdataError(f"{root} is a non-empty directory that is not a prefdata workspace",
                                 "choose an empty or new directory for the workspace")
         try:

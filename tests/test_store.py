@@ -123,6 +123,23 @@ def test_open_refuses_file_missing_and_incompatible(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ws").rglob("*")) == before
 
 
+
+def test_a_build_killed_during_its_first_manifest_write_can_be_rerun(tmp_path):
+    root = tmp_path / "ws"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (root / "prompts").mkdir(parents=True)
+    leftover = root / f".manifest.json.{dead.pid}.tmp"
+    leftover.write_text('{"half')
+    ws = Workspace.create(root)
+    with ws.writer():
+        assert leftover in ws.removed_temp_files and not leftover.exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / f".notes.{dead.pid}.tmp").write_text("x")
+    with pytest.raises(PrefdataError, match="not a prefdata workspace"):
+        Workspace.create(tmp_path / "other")
+
+
 READER = """
 import sys, pyarrow.parquet as pq
 from pathlib import Path
