@@ -53,9 +53,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# A writer's temp file: `.<name>.<pid>.tmp` beside its target, so a later writer can tell
+# a dead process's leftover from a live one's file in progress.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.tmp")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp = _temp_path(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -65,7 +74,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp = _temp_path(path)
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -105,7 +114,8 @@ def _sha256_file(path: Path) -> str:
 def _may_precede_manifest(name: str) -> bool:
     """What a build killed before its first manifest write can leave: table folders, the lock,
     and the manifest writer's temp file (removed when the writer lock is next taken)."""
-    return name in TABLES or name == LOCK or re.fullmatch(rf"\.{re.escape(MANIFEST)}\.\d+\.tmp", name) is not None
+    temp = _TEMP_NAME.fullmatch(name)
+    return name in TABLES or name == LOCK or (temp is not None and temp["name"] == MANIFEST)
 
 
 class Workspace:
@@ -197,8 +207,8 @@ class Workspace:
         removed = []
         for folder in [self.root, *(self.root / t for t in TABLES)]:
             for path in folder.glob(".*.tmp") if folder.is_dir() else ():
-                match = re.fullmatch(r"\..+\.(\d+)\.tmp", path.name)
-                if match and (int(match.group(1)) == os.getpid() or not _pid_alive(int(match.group(1)))):
+                match = _TEMP_NAME.fullmatch(path.name)
+                if match and (int(match["pid"]) == os.getpid() or not _pid_alive(int(match["pid"]))):
                     path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
