@@ -74,7 +74,7 @@ class _EngineActor:
     """Holds one backend (made by `make_backend` from the run's config) for the actor's lifetime."""
 
     def __init__(self, cfg: GenerationConfig, model_hash: str):
-        from prefdata.generate.base import make_backend
+        from prefdata.generate.registry import make_backend
         from prefdata.generate.model import load_tokenizer
 
         _threads_for_actor()
@@ -105,7 +105,7 @@ class RayBackend(Backend):
     def __init__(self, cfg: GenerationConfig, model_hash: str, actors: int = 2, address: str | None = None,
                  actor_options: dict | None = None):
         from prefdata.errors import PrefdataError
-        from prefdata.generate.base import resolve_backend_name
+        from prefdata.generate.registry import resolve_backend_name
 
         if actors < 1:
             raise PrefdataError(f"actors={actors}", "use at least one Ray actor")

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request, make_backend, resolve_backend_name
+from prefdata.generate.base import Backend, Request
+from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig
 from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
 from prefdata.schemas import conform
