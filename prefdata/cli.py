@@ -389,6 +389,9 @@ def main() -> None:
     # transformers logs advisory warnings to stderr (e.g. about a config's model type) that would
     # break the one-line error contract; its errors still show. TRANSFORMERS_VERBOSITY=warning restores them.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from prefdata.procs import EXIT_TERMINATED, Terminated, handle_termination, stop_descendants
+
+    handle_termination()
     try:
         app()
     except PrefdataError as err:
@@ -399,6 +402,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)
+    except Terminated:
+        typer.echo("terminated; re-run the same command to resume", err=True)
+        stop_descendants()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Everything that matters is closed by now (parts are renamed into place or not at
+        # all); the interpreter's own teardown after a loaded engine can take 10 s or more,
+        # and whoever sent SIGTERM is waiting for us to go.
+        os._exit(EXIT_TERMINATED)
+    finally:
+        # Engines, judge workers: whatever the command started ends with it, however it ends.
+        stop_descendants()
 
 
 if __name__ == "__main__":
