@@ -1,7 +1,8 @@
-"""Security guarantees: no remote code, no pickle weights, a read-only query, no path escapes,
-judge verdicts that a response cannot forge.
+"""Security guarantees: no remote code, no pickle weights, a read-only query confined to the
+workspace, read commands that never change it, no path escapes, judge verdicts that a response
+cannot forge. docs/security.md has the threat model and maps each guarantee to its tests.
 
-Also covered elsewhere (see docs/reliability.md):
+Also covered elsewhere:
 * tests/test_query.py::test_writes_refused (CREATE/DROP/COPY/INSERT/ATTACH refused);
 * tests/judge/test_llm_judge.py::test_adversarial_response_cannot_set_the_score and
   ::test_response_is_enclosed_exactly_once_whatever_it_contains;
