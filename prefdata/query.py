@@ -195,8 +195,6 @@ def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
 
     if fmt not in OUTPUT_FORMATS:
         raise PrefdataError(f"unknown output format {fmt!r}", f"use one of: {', '.join(OUTPUT_FORMATS)}")
-    if fmt == "table":
-        return format_text_table(table)
     if fmt == "parquet" and output is None:
         raise PrefdataError("--format parquet needs a file", "add --output result.parquet")
     import polars as pl
@@ -205,8 +203,11 @@ def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
         if fmt == "parquet":
             atomic_write_parquet(Path(output), table)
             return None
-        frame = pl.from_arrow(table)
-        text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()
+        if fmt == "table":
+            text = format_text_table(table) + "\n"
+        else:
+            frame = pl.from_arrow(table)
+            text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()
     except (pa.ArrowException, pl.exceptions.PolarsError) as err:  # e.g. an INTERVAL column, nested CSV
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PrefdataError(f"cannot write the result as {fmt}: {first}",

@@ -60,6 +60,8 @@ def test_output_formats(ws, tmp_path):
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 5
     table_text = write_result(result, "table", None)
     assert "p0004" in table_text and "(5 rows)" in table_text
+    assert write_result(result, "table", tmp_path / "out.txt") is None  # -o is honoured for every format
+    assert (tmp_path / "out.txt").read_text() == table_text
 
 
 # -- confinement: the connection reaches only the parts its views read (docs/security.md) ---------------
