@@ -135,7 +135,7 @@ def run_query(ws: Workspace, sql: str) -> pa.Table:
             if isinstance(err, duckdb.PermissionException) or "configuration has been locked" in first_line:
                 raise PrefdataError(f"query refused: {first_line}",
                                     "prefdata query reads only the workspace's tables, through the views "
-                                    f"{', '.join(TABLES)}; it cannot open other files, load extensions, "
+                                    f"{', '.join(TABLES)}, and cannot open other files, load extensions, "
                                     "change settings or write") from None
             raise PrefdataError(f"query failed: {first_line}",
                                 f"the views are: {', '.join(TABLES)}") from None
@@ -174,7 +174,7 @@ def output_path(ws: Workspace, output: str | Path) -> Path:
         raise PrefdataError(f"cannot resolve output path {output}: {err}", "give --output a plain file path") from None
     if ws.contains(target):
         raise PrefdataError(f"output path {output} is inside the workspace {ws.root}",
-                            "write query results outside the workspace; prefdata query never changes it")
+                            "write query results outside the workspace (prefdata query never changes it)")
     if target.is_dir():
         raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
     if target.exists() and not target.is_file():
