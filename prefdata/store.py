@@ -129,8 +129,8 @@ def _check_entry(path: Path, directory: bool) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(mode):
-        raise PrefdataError(f"{path} is a symbolic link; prefdata reads and writes only real files "
-                            "inside a workspace", "replace the link with a copy of what it points to, "
+        raise PrefdataError(f"{path} is a symbolic link (prefdata reads and writes only real files "
+                            "inside a workspace)", "replace the link with a copy of what it points to, "
                             "or remove it")
     if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
         kind = "directory" if directory else "regular file"
