@@ -305,14 +305,18 @@ def query(
 ) -> None:
     """Run read-only DuckDB SQL over a workspace's tables.
 
+    Only SELECT (and EXPLAIN SELECT) runs, and DuckDB is confined to the workspace's table
+    parts: other files, extensions, ATTACH, COPY and settings changes are refused (see
+    docs/security.md). --output must lie outside the workspace.
+
     Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
     """
-    from prefdata.query import run_query, write_result
+    from prefdata.query import output_path, run_query, write_result
     from prefdata.store import Workspace
 
-    _check_output_path(output)
-    result = run_query(Workspace.open(workspace), sql)
-    text = write_result(result, format.value, output)
+    ws = Workspace.open(workspace)
+    target = output_path(ws, output) if output is not None else None
+    text = write_result(run_query(ws, sql), format.value, target)
     if text is not None:
         typer.echo(text, nl=not text.endswith("\n"))
 
@@ -371,14 +375,6 @@ def toy_data(
     if split not in ("train", "test"):
         raise PrefdataError(f"unknown split {split!r}", "use --split train or --split test")
     typer.echo(str(write_split(out, split, n, seed=seed)))
-
-
-def _check_output_path(output: Optional[Path]) -> None:
-    if output is not None and output.is_dir():
-        raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
-    if output is not None and not output.parent.is_dir():
-        raise PrefdataError(f"directory {output.parent} does not exist (or is not a directory)",
-                            "create it or choose another --output")
 
 
 def main() -> None:

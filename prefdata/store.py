@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Iterator
@@ -65,20 +66,28 @@ def _temp_path(path: Path) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
     tmp = _temp_path(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed write leaves the old file and no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     tmp = _temp_path(path)
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a type Parquet cannot store: the old file stays, the temp goes
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -109,6 +118,23 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _check_entry(path: Path, directory: bool) -> None:
+    """Refuse a workspace entry (table folder, part, manifest) that is a symbolic link or not a
+    plain directory/file: a workspace from someone else must not make prefdata read or write
+    files outside it, nor hang on a FIFO. A missing entry is fine."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise PrefdataError(f"{path} is a symbolic link (prefdata reads and writes only real files "
+                            "inside a workspace)", "replace the link with a copy of what it points to, "
+                            "or remove it")
+    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+        kind = "directory" if directory else "regular file"
+        raise PrefdataError(f"{path} is not a {kind}", "remove it from the workspace")
 
 
 def _may_precede_manifest(name: str) -> bool:
@@ -156,6 +182,8 @@ class Workspace:
             raise PrefdataError(f"no workspace at {root}",
                                 "check the path, or create one with `prefdata build`")
         ws = cls(root)
+        for table in TABLES:  # every command refuses a symlinked table folder or part up front
+            ws.parts(table)
         manifest = ws.manifest()
         if not manifest and not any((root / t).is_dir() for t in TABLES):
             raise PrefdataError(f"{root} is not a prefdata workspace (no {MANIFEST})",
@@ -176,7 +204,11 @@ class Workspace:
             yield self
             return
         path = self.root / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted .lock symlink must not get its target truncated
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise PrefdataError(f"cannot open the lock file {path}: {err.strerror}",
+                                "it must be a regular file (not a symbolic link); remove it and retry") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -218,13 +250,25 @@ class Workspace:
             raise RuntimeError("write outside Workspace.writer(): take the lock first")
 
     # -- parts -----------------------------------------------------------------
+    def contains(self, path: str | Path) -> bool:
+        """Whether `path`, symlinks resolved, is the workspace directory or lies under it."""
+        root = self.root.resolve()
+        target = Path(path).resolve()
+        return target == root or target.is_relative_to(root)
+
     def table_dir(self, table: str) -> Path:
         schema(table)  # validates the name, so no path can escape the workspace
-        return self.root / table
+        folder = self.root / table
+        _check_entry(folder, directory=True)
+        return folder
 
     def parts(self, table: str) -> list[Path]:
+        """The table's part files, in key order; a symlinked or non-regular part is refused."""
         folder = self.table_dir(table)
-        return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        paths = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        for path in paths:
+            _check_entry(path, directory=False)
+        return paths
 
     def part_keys(self, table: str) -> set[str]:
         return {p.name[len("part-"):-len(".parquet")] for p in self.parts(table)}
@@ -268,6 +312,7 @@ class Workspace:
     # -- manifest --------------------------------------------------------------
     def manifest(self) -> dict:
         path = self.root / MANIFEST
+        _check_entry(path, directory=False)
         if not path.exists():
             return {}
         try:
