@@ -23,6 +23,7 @@ ws/candidates/part-policy-1a2b.parquet: not readable Parquet (magic bytes not fo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,17 @@ def faults(ws: Workspace) -> list[Fault]:
                 found.append(Fault(path, f"not readable Parquet ({_first_line(err)})"))
     found += _reference_faults(ws, bad)
     return found
+
+
+def open_for_check(root: Path) -> Workspace:
+    """The workspace at `root` even when its manifest is damaged (that is one of the faults)."""
+    root = Path(root)
+    try:
+        return Workspace.open(root)
+    except PrefdataError:
+        if root.is_dir() and (os.path.lexists(root / MANIFEST) or any((root / t).exists() for t in TABLES)):
+            return Workspace(root)
+        raise
 
 
 def refuse_if_damaged(root: Path) -> None:

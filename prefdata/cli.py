@@ -336,10 +336,9 @@ def info(
 def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
     """Verify a workspace: parts readable, matching the manifest's sha256 and schemas/, every
     pair's candidates and prompt present. Prints each fault; exits 2 if there is one."""
-    from prefdata.check import faults
-    from prefdata.store import Workspace
+    from prefdata.check import faults, open_for_check
 
-    found = faults(Workspace.open(workspace))
+    found = faults(open_for_check(workspace))
     for fault in found:
         typer.echo(f"fault: {fault}")
     if found:
