@@ -342,8 +342,8 @@ def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) ->
     for fault in found:
         typer.echo(f"fault: {fault}")
     if found:
-        raise PrefdataError(f"workspace {workspace} has {len(found)} fault(s), listed above",
-                            "move damaged parts out of the workspace and re-run the build that wrote them")
+        raise PrefdataError(f"workspace {workspace} has {len(found)} fault(s), listed above; the first: {found[0]}",
+                            "move damaged files out of the workspace and re-run the build that wrote them")
     typer.echo(f"{workspace}: ok")
 
 
