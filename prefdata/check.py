@@ -57,13 +57,20 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def _names(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"{what} column{'s' if len(names) > 1 else ''} {shown}"
+
+
 def _schema_problem(found: pa.Schema, table: str) -> str | None:
     want = schema(table)
     if found.names != want.names:
         missing = [n for n in want.names if n not in found.names]
         extra = [n for n in found.names if n not in want.names]
-        detail = "; ".join(x for x in (f"missing {missing}" if missing else "",
-                                       f"unknown {extra}" if extra else "") if x) or "columns out of order"
+        detail = "; ".join(x for x in (_names("missing", missing), _names("unknown", extra)) if x) \
+            or "columns out of order"
         return f"schema differs from schemas/{table}.json ({detail})"
     for got, expected in zip(found, want):
         if got.type != expected.type or got.nullable != expected.nullable:

@@ -80,8 +80,8 @@ def _inside(err: OSError, root: Path) -> bool:
 
 def parse_manifest(path: Path) -> dict:
     """The manifest at `path` as a dict ({} when absent), or a one-line error naming the file."""
-    fix = ("move it aside (or restore it) and re-run the build: the manifest is re-derived from the parts; "
-           "`prefdata check` lists any other damage")
+    fix = ("move it out of the workspace (or restore it) and re-run the build: the manifest is re-derived "
+           "from the parts; `prefdata check` lists any other damage")
     if not os.path.lexists(path):
         return {}
     if path.is_dir():

@@ -82,6 +82,13 @@ def _manifest(content: bytes):
     return damage
 
 
+def _move_out(root: Path, named: str) -> None:
+    """What the error lines advise: move the named file (or folder) out of the workspace."""
+    found = [p for p in root.rglob(named)] if named != "manifest.json" else [root / named]
+    for path in found:
+        shutil.move(str(path), str(root.parent / f"moved-{path.name}"))
+
+
 def _manifest_dir(root: Path) -> str:
     (root / "manifest.json").unlink()
     (root / "manifest.json").mkdir()
@@ -140,6 +147,10 @@ def test_damaged_workspace(case, base, tmp_path):
             if command == "check":
                 assert any(named in line for line in out.splitlines() if line.startswith("fault: ")), out
         assert snapshot(root) == before, f"{command} changed the workspace"
+    _move_out(root, named)  # the advised fix works: the build resumes and the workspace is whole
+    code, _, err = cli(*COMMANDS["build"](root))
+    assert code == 0, err
+    assert cli("check", str(root))[:2] == (0, f"{root}: ok\n")
 
 
 def test_check_passes_a_whole_workspace_and_names_a_dangling_pair(base, tmp_path):
