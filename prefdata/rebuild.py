@@ -42,10 +42,10 @@ def refuse_changed_prompts(known: pa.Table, incoming: pa.Table, root) -> None:
     example = both.filter(changed)["prompt_id"][0]
     raise PrefdataError(
         f"workspace {root} holds an older version of {n} of this source's prompts ({', '.join(fields)} "
-        f"differ{'s' if len(fields) == 1 else ''}, e.g. prompt {example}); its datasets were built from "
-        "the old rows, which a build never rewrites",
+        f"differ{'s' if len(fields) == 1 else ''}, e.g. prompt {example}); a build never rewrites the rows "
+        "that the workspace's candidates, verdicts and datasets were made from",
         "build into a new workspace path with the new source or column mapping (e.g. "
-        f"`prefdata build NEW-WS ...`), or keep the mapping the workspace was built with")
+        "`prefdata build NEW-WS ...`), or keep the mapping the workspace was built with")
 
 
 # reason -> (what happened, what to do); counts are candidates or prompts (see prefdata.select)
