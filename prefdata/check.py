@@ -180,6 +180,7 @@ def refuse_if_damaged(root: Path) -> None:
     root = Path(root)
     if not root.is_dir():
         return
+    Workspace(root).manifest()  # a damaged manifest raises its own one-line error, naming it
     found = quick_faults(Workspace(root))
     if found:
         more = f" (and {len(found) - 1} more fault(s))" if len(found) > 1 else ""
