@@ -93,7 +93,7 @@ CASES = {
     "manifest is a string": (_manifest(b'"tables"'), {"info": 2, "query": 2, "build": 2, "check": 2}),
     "manifest is not UTF-8": (_manifest(b'{"tables": "\xff\xfe"}'), {"info": 2, "query": 2, "build": 2, "check": 2}),
     "manifest is a directory": (_manifest_dir, {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "truncated candidates part": (_truncated_part, {"info": 2, "build": 2, "check": 2}),
+    "truncated candidates part": (_truncated_part, {"info": 2, "query": 2, "build": 2, "check": 2}),
     "part with a foreign schema": (_foreign_schema, {"build": 2, "check": 2}),
     ".lock is a directory": (_lock_dir, {"build": 3, "info": 0}),
 }
