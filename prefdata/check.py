@@ -107,7 +107,8 @@ def quick_faults(ws: Workspace) -> list[Fault]:
 def _manifest_faults(ws: Workspace, manifest: dict) -> list[Fault]:
     found = []
     for table in TABLES:
-        listed = manifest.get("tables", {}).get(table, {}).get("parts", {})
+        described = manifest.get("tables", {}).get(table)
+        listed = described.get("parts") if isinstance(described, dict) else None
         listed = listed if isinstance(listed, dict) else {}
         on_disk = {p.name: p for p in ws.parts(table)}
         for name in sorted(set(listed) - set(on_disk)):
@@ -121,27 +122,30 @@ def _manifest_faults(ws: Workspace, manifest: dict) -> list[Fault]:
     return found
 
 
-def _column(ws: Workspace, table: str, column: str, bad: set[Path]) -> dict[Path, list]:
+def _column(ws: Workspace, table: str, column: str, bad: set[Path]) -> dict[Path, pa.Array]:
     """`column` of each part of `table` that read in full (the unreadable ones are already faults)."""
     out = {}
     for path in ws.parts(table):
         if path not in bad:
             try:
-                out[path] = pq.read_table(path, columns=[column]).column(column).to_pylist()
-            except (pa.ArrowInvalid, OSError):
+                out[path] = pq.read_table(path, columns=[column]).column(column).combine_chunks()
+            except (pa.ArrowInvalid, OSError, KeyError):
                 bad.add(path)
     return out
 
 
 def _reference_faults(ws: Workspace, bad: set[Path]) -> list[Fault]:
+    import pyarrow.compute as pc
+
     found = []
     for table, column, target, target_column in REFERENCES:
-        targets = {v for values in _column(ws, target, target_column, bad).values() for v in values}
+        known = [a.unique() for a in _column(ws, target, target_column, bad).values()]
+        targets = pa.concat_arrays(known).unique() if known else pa.array([], pa.string())
         for path, values in _column(ws, table, column, bad).items():
-            missing = [v for v in values if v is not None and v not in targets]
-            if missing:
+            missing = values.filter(pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=targets))))
+            if len(missing):
                 found.append(Fault(path, f"{len(missing)} of {len(values)} rows' {column} do not resolve to "
-                                         f"a {target} row (e.g. {missing[0]})"))
+                                         f"a {target} row (e.g. {missing[0].as_py()})"))
     return found
 
 

@@ -100,6 +100,9 @@ def _shrink(ws: Workspace, table: str, path, keep: pa.Array, report: GcReport, d
 
 def collect(ws: Workspace, dry_run: bool = False) -> GcReport:
     """Remove (or with `dry_run`, count) what no stored pair refers to; see the module docstring."""
+    from prefdata.check import refuse_if_damaged
+
+    refuse_if_damaged(ws.root)  # never rewrite parts of a damaged workspace
     report = GcReport(dry_run=dry_run)
     with ws.writer():
         settings = _referenced_settings(ws)

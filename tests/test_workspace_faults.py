@@ -86,22 +86,24 @@ def _lock_dir(root: Path) -> str:
     return ".lock"
 
 
+EVERY_COMMAND_REFUSES = {"info": 2, "query": 2, "build": 2, "check": 2, "gc": 2}
 # case id -> (damage, {command: exit code}); each failing command's one line must name the file
 CASES = {
-    "manifest is a list": (_manifest(b"[1, 2]"), {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "manifest is null": (_manifest(b"null"), {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "manifest is a string": (_manifest(b'"tables"'), {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "manifest is not UTF-8": (_manifest(b'{"tables": "\xff\xfe"}'), {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "manifest is a directory": (_manifest_dir, {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "truncated candidates part": (_truncated_part, {"info": 2, "query": 2, "build": 2, "check": 2}),
-    "part with a foreign schema": (_foreign_schema, {"build": 2, "check": 2}),
-    ".lock is a directory": (_lock_dir, {"build": 3, "info": 0}),
+    "manifest is a list": (_manifest(b"[1, 2]"), EVERY_COMMAND_REFUSES),
+    "manifest is null": (_manifest(b"null"), EVERY_COMMAND_REFUSES),
+    "manifest is a string": (_manifest(b'"tables"'), EVERY_COMMAND_REFUSES),
+    "manifest is not UTF-8": (_manifest(b'{"tables": "\xff\xfe"}'), EVERY_COMMAND_REFUSES),
+    "manifest is a directory": (_manifest_dir, EVERY_COMMAND_REFUSES),
+    "truncated candidates part": (_truncated_part, EVERY_COMMAND_REFUSES),
+    "part with a foreign schema": (_foreign_schema, {"build": 2, "check": 2, "gc": 2}),
+    ".lock is a directory": (_lock_dir, {"build": 3, "gc": 3, "info": 0}),
 }
 COMMANDS = {
     "info": lambda root: ["info", str(root)],
     "query": lambda root: ["query", str(root), "SELECT count(*) FROM pairs"],
     "build": lambda root: ["build", str(root), *BUILD],
     "check": lambda root: ["check", str(root)],
+    "gc": lambda root: ["gc", str(root)],
 }
 
 
