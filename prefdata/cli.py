@@ -334,8 +334,8 @@ def info(
 
 @app.command()
 def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
-    """Verify a workspace: parts readable, matching the manifest's sha256 and schemas/, every
-    pair's candidates and prompt present. Prints each fault; exits 2 if there is one."""
+    """Verify a workspace: parts readable and matching the manifest's sha256 and schemas/, every pair's
+    candidates and prompt present. Prints each fault; exits 2 if there is one."""
     from prefdata.check import faults, open_for_check
 
     found = faults(open_for_check(workspace))
@@ -354,8 +354,7 @@ def gc(
 ) -> None:
     """Remove candidates and judgments that no stored dataset's pairs refer to (builds never do).
 
-    Keeps every sample of a generation setting (model, sampling params, template) that some pair
-    was selected from, their judgments, all prompts and all pairs. Prints what it frees.
+    Keeps all samples of each generation setting some pair was drawn from, their verdicts, all prompts and pairs.
     """
     from prefdata.gc import collect
     from prefdata.store import Workspace

@@ -52,7 +52,7 @@ class GcReport:
         lines = [f"{root}: {verb} {self.candidates_freed} candidates and {self.judgments_freed} judgments "
                  f"({self.bytes_freed / 1e6:.2f} MB; {self.parts_deleted} parts deleted, "
                  f"{self.parts_rewritten} rewritten); kept {self.candidates_kept} candidates and "
-                 f"{self.judgments_kept} judgments that stored pairs refer to"]
+                 f"{self.judgments_kept} judgments of the generation settings stored pairs were drawn from"]
         for s in self.settings_freed:
             lines.append(f"  {s['origin']} {s['model_hash']} {s['sampling_params']}: {s['rows']} candidates")
         return "\n".join(lines)
