@@ -336,6 +336,36 @@ def info(
     typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
 
 
+@app.command()
+def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
+    """Verify a workspace: parts readable and matching the manifest's sha256 and schemas/, every pair's
+    candidates and prompt present. Prints each fault; exits 2 if there is one."""
+    from prefdata.check import faults, open_for_check
+
+    found = faults(open_for_check(workspace))
+    for fault in found:
+        typer.echo(f"fault: {fault}")
+    if found:
+        raise PrefdataError(f"workspace {workspace} has {len(found)} fault(s), listed above; the first: {found[0]}",
+                            "move damaged files out of the workspace and re-run the build that wrote them")
+    typer.echo(f"{workspace}: ok")
+
+
+@app.command()
+def gc(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be freed."),
+) -> None:
+    """Remove candidates and judgments that no stored dataset's pairs refer to (builds never do).
+
+    Keeps all samples of each generation setting some pair was drawn from, their verdicts, all prompts and pairs.
+    """
+    from prefdata.gc import collect
+    from prefdata.store import Workspace
+
+    typer.echo(collect(Workspace.open(workspace), dry_run=dry_run).text(workspace))
+
+
 @toy_app.command("train")
 def toy_train(
     out: Path = typer.Option(..., "--out", help="Directory that gets policy/ and other/."),
