@@ -76,7 +76,8 @@ def step_ingest(state: BuildState) -> BuildState:
     state.prompts = prompts
     state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows,
                                 "heldout_stored": _store_heldout(state, spec)}
-    state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
+    too_large = f"{stats.too_large} dropped as prompt_too_large, " if stats.too_large else ""
+    state.log(f"prompts: {stats.rows_read} read, {too_large}{stats.duplicates_removed} duplicates removed, "
               f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
     return state
 
@@ -255,7 +256,8 @@ def _silence_library_progress() -> None:
 def format_summary(summary: dict) -> str:
     lines = ["", "build summary", "-------------"]
     p = summary["prompts"]
-    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed)")
+    too_large = f", {p['too_large']} prompt_too_large" if p.get("too_large") else ""
+    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed{too_large})")
     for origin, g in summary.get("generation", {}).items():
         lines.append(f"candidates {origin:<10}{g.get('candidates_written', 0)} new"
                      + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))

@@ -91,7 +91,7 @@ def build(
     """
     from prefdata.build import build as run_build
     from prefdata.build import format_summary
-    from prefdata.config import build_config, load_toml, scenario_pipeline, set_path
+    from prefdata.config import build_config, load_toml, origin_of, parse_set_value, scenario_pipeline, set_path
 
     chosen = [x for x in (scenario is not None, mix is not None, config is not None) if x]
     if len(chosen) != 1:
@@ -99,13 +99,16 @@ def build(
                             "e.g. prefdata build --scenario 2")
     if config is not None:
         raw = load_toml(config)
+        origin_label = f"in {config}"
     elif mix is not None:
         raw = scenario_pipeline(1)
         raw.pop("scenarios", None)
         raw.pop("name", None)
         raw["mix"] = mix
+        origin_label = "--mix"
     else:
         raw = scenario_pipeline(scenario)
+        origin_label = f"in pipelines/scenario{scenario}.toml"
     flags = {
         "source.path_or_name": source, "source.format": format, "source.split": split, "source.limit": limit,
         "source.sample": sample, "source.preset": preset, "source.prompt_column": prompt_column,
@@ -120,29 +123,36 @@ def build(
     if sample is not None and limit is None:
         flags["source.limit"] = None
         raw.get("source", {}).pop("limit", None)
+    labels = {}  # dotted key -> the flag that set it, so an error names the flag
     for dotted, value in flags.items():
         if value is not None:
             set_path(raw, dotted, value)
+            labels[dotted] = _flag_of(dotted)
     for item in set_:
         key, sep, value = item.partition("=")
         if not sep:
             raise PrefdataError(f"--set {item!r} is not KEY=VALUE", "e.g. --set policy.sampling.top_p=0.9")
-        set_path(raw, key.strip(), _parse_value(value.strip()))
+        key = key.strip()
+        set_path(raw, key, parse_set_value(key, value.strip()))
+        labels[key] = "--set"
     if quiet:
         raw["quiet"] = True
-    cfg = build_config(raw)
+    cfg = build_config(raw, origin_of(labels, origin_label))
     summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
 
 
-def _parse_value(text: str):
-    """A --set value: TOML scalar syntax (numbers, true/false, quoted strings), else a bare string."""
-    import tomllib
+_BUILD_FLAGS = {"source.path_or_name": "--source", "source.format": "--format", "policy.model": "--policy-model",
+                "other.model": "--other-model", "policy.sampling.n": "--n", "other.sampling.n": "--m",
+                "select.min_margin": "--min-margin", "judge.kind": "--judge", "judge.model": "--judge-model"}
 
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+
+def _flag_of(dotted: str) -> str:
+    """The build option that set `dotted` (`--temperature` for policy.sampling.temperature)."""
+    if dotted in _BUILD_FLAGS:
+        return _BUILD_FLAGS[dotted]
+    leaf = dotted.rsplit(".", 1)[-1]
+    return "--" + leaf.replace("_", "-")
 
 
 @app.command()
