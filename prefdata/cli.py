@@ -36,6 +36,7 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+    jsonl = "jsonl"
     parquet = "parquet"
 
 
@@ -210,37 +211,51 @@ def train(
     scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Train on this scenario's pairs."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Train on this dataset (e.g. a mix)."),
     model: str = typer.Option("toy:policy", "--model", "-m", help="Model to train (also the DPO reference)."),
-    loss: str = typer.Option("dpo", "--loss", help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic."),
+    loss: str = typer.Option("dpo", "--loss", "--loss_type",
+                             help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic (TRL's --loss_type sigmoid = dpo)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (loss default if unset)."),
     beta_chosen: Optional[float] = typer.Option(None, "--beta-chosen", help="Flex-DPO beta of the chosen term."),
     beta_rejected: Optional[float] = typer.Option(None, "--beta-rejected", help="Flex-DPO beta of the rejected term."),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="cDPO label smoothing."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", "--label_smoothing",
+                                                    help="cDPO label smoothing."),
     sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="Weight of the SFT term (dpo_sft, slic)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the pairs."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (wins over --epochs)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    max_length: int = typer.Option(1024, "--max-length", help="Max prompt+completion tokens; longer pairs are left out."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning_rate",
+                                       help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
+    epochs: int = typer.Option(1, "--epochs", "--num_train_epochs", help="Passes over the pairs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help="Optimizer steps (wins over --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size", "--per_device_train_batch_size", help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", "--gradient_accumulation_steps",
+                                   help="Micro-batches per optimizer step."),
+    max_length: int = typer.Option(1024, "--max-length", "--max_length",
+                                   help="Max prompt+completion tokens; longer pairs are left out."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation of any randomness."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between resumable checkpoints."),
     eval_every: int = typer.Option(10, "--eval-every", help="Steps between trajectory measurements."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
+                                              help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
     Scores the pairs first if they lack reference log-probs of this model. Resumes from the
     newest checkpoint of the run directory. Writes a Hugging Face model and the report.
+    TRL's flag names are accepted where they mean the same (--learning_rate, --num_train_epochs,
+    --per_device_train_batch_size, --gradient_accumulation_steps, --loss_type sigmoid|ipo, ...).
     """
     from prefdata.config import resolve_model
     from prefdata.score import score_pairs
     from prefdata.store import Workspace
-    from prefdata.train.config import TrainConfig
+    from prefdata.train.config import TrainConfig, check_train_options
     from prefdata.train.loop import train as run_train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.losses import LossConfig, loss_name
 
+    loss = loss_name(loss)
+    check_train_options({"lr": lr, "beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
+                         "label_smoothing": label_smoothing, "sft_weight": sft_weight, "epochs": epochs,
+                         "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
+                         "max_length": max_length, "seed": seed, "checkpoint_every": checkpoint_every,
+                         "eval_every": eval_every})
     name = _dataset_name(scenario, dataset)
     if name is None:
         raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
@@ -269,6 +284,9 @@ def train(
         if ctx.main:
             score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
     run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
+    run_dir = cfg.run_dir(ws)
+    typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
+    typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
 
 
 @app.command()
@@ -277,7 +295,9 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
     from prefdata.store import Workspace
     from prefdata.train.report import combined_report
 
-    typer.echo(combined_report(Workspace.open(workspace))["text"])
+    result = combined_report(Workspace.open(workspace))
+    typer.echo(result["text"])
+    typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
 
 
 @app.command()
@@ -310,7 +330,7 @@ def query(
     workspace: Path = typer.Argument(..., help="Workspace directory."),
     sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                        help="table (readable), csv, json (JSON Lines) or parquet."),
+                                        help="table (readable), csv, json or jsonl (both JSON Lines) or parquet."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Run read-only DuckDB SQL over a workspace's tables.

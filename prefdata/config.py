@@ -138,7 +138,7 @@ def parse_set_value(key: str, text: str) -> Any:
 
     >>> parse_set_value("seed", "3"), parse_set_value("judge.kind", "llm")
     (3, 'llm')
-    >>> parse_set_value("policy.sampling.stop", '["\n\n"]')
+    >>> parse_set_value("policy.sampling.stop", r'["\n\n"]')
     ['\n\n']
     """
     fix = f"give one TOML value (string, number, boolean or array), e.g. --set {key}=\"my-set\"" \
