@@ -321,7 +321,9 @@ def study(
 
     result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
                                               epochs=epochs, lr=lr, seed=seed), log=typer.echo)
-    (workspace / "runs" / "study.txt").write_text(result["tables"] + "\n")
+    from prefdata.store import atomic_write_bytes
+
+    atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
     typer.echo("\n" + result["tables"])
 
 
@@ -404,6 +406,10 @@ def toy_data(
 
 
 def _check_output_path(output: Optional[Path]) -> None:
+    from prefdata.paths import check_writable_file
+
+    if output is not None and not output.is_dir():
+        check_writable_file(output, "--output")
     if output is not None and output.is_dir():
         raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
     if output is not None and not output.parent.is_dir():

