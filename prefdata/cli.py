@@ -284,9 +284,10 @@ def train(
         if ctx.main:
             score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
     run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
-    run_dir = cfg.run_dir(ws)
-    typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
-    typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
+    if ctx.main:  # under torchrun, once
+        run_dir = cfg.run_dir(ws)
+        typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
+        typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
 
 
 @app.command()
