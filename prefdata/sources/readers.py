@@ -21,16 +21,13 @@ from typing import Callable
 import pyarrow as pa
 
 from prefdata.errors import PrefdataError
+from prefdata.sources.guards import check_depth, check_surrogates, concat_shards
 from prefdata.sources.spec import FORMATS, SPLIT_NAMES, SourceSpec
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
                ".pq": "parquet", ".csv": "csv", ".tsv": "csv"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _BOM = b"\xef\xbb\xbf"
-# Deepest JSON nesting a source may hold. Chat messages need 3 levels; Arrow's JSON parser
-# recurses per level and overflows the C stack (a segfault) near 10,000, Python's near 1,000.
-MAX_JSON_DEPTH = 100
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 @dataclass(frozen=True)
@@ -132,46 +129,13 @@ def _read_directory(path: Path, spec: SourceSpec) -> RawSource:
         parts.append(table)
         wheres.append(where)
         offsets.append(offsets[-1] + table.num_rows)
-    table = parts[0] if len(parts) == 1 else _concat_shards(parts, chosen)
+    table = parts[0] if len(parts) == 1 else concat_shards(parts, chosen)
 
     def where(i: int) -> str:
         k = max(j for j in range(len(parts)) if offsets[j] <= i)
         return wheres[k](i - offsets[k])
 
     return RawSource(table, name, spec.split, fmts[0], str(path), where)
-
-
-def _concat_shards(parts: list[pa.Table], files: list[Path]) -> pa.Table:
-    """One table from a split's shards. A scalar column typed differently across shards (answer
-    72 in one file, "72" in another) becomes text, as it does across rows of one file."""
-    try:
-        return pa.concat_tables(parts, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        pass
-    types: dict[str, dict[pa.DataType, Path]] = {}
-    for table, file in zip(parts, files):
-        for f in table.schema:
-            types.setdefault(f.name, {}).setdefault(f.type, file)
-    as_text = set()
-    for name, seen in types.items():
-        if len(seen) > 1:
-            if not all(_is_scalar_type(t) for t in seen):
-                (t1, f1), (t2, f2) = list(seen.items())[:2]
-                raise PrefdataError(f"column {name!r} is {t1} in {f1} but {t2} in {f2}",
-                                    "give the column the same type in every file of the split")
-            as_text.add(name)
-    fixed = [pa.table([t.column(c).cast(pa.large_string()) if c in as_text else t.column(c)
-                       for c in t.column_names], names=t.column_names) for t in parts]
-    try:
-        return pa.concat_tables(fixed, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise PrefdataError(f"the files of split {files[0].name} do not share one schema ({_first_line(exc)})",
-                            "give each column the same type in every file of the split") from None
-
-
-def _is_scalar_type(t: pa.DataType) -> bool:
-    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
-            or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t) or pa.types.is_decimal(t))
 
 
 def _read_saved_dataset(path: Path, split: str) -> tuple[pa.Table, str]:
@@ -276,51 +240,12 @@ def _line_locator(data: bytes, path: Path) -> Callable[[int], str]:
     return where
 
 
-def _check_depth(data: bytes, path: Path) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH before any parser recurses into it.
-
-    Strings are blanked first (a bracket inside text is not nesting); the depth is then a
-    running sum over the brackets, computed in blocks so a 50 MB file costs ~50 MB more.
-    """
-    import numpy as np
-
-    stripped = _JSON_STRING.sub(b'""', data)
-    depth, block = 0, 1 << 23
-    for start in range(0, len(stripped), block):
-        chunk = np.frombuffer(stripped, dtype=np.uint8, count=min(block, len(stripped) - start), offset=start)
-        step = ((chunk == ord("[")) | (chunk == ord("{"))).astype(np.int32)
-        step -= ((chunk == ord("]")) | (chunk == ord("}"))).astype(np.int32)
-        running = np.cumsum(step) + depth
-        deepest = int(running.max()) if len(running) else depth
-        if deepest > MAX_JSON_DEPTH:
-            at = start + int(np.argmax(running > MAX_JSON_DEPTH))
-            line = stripped.count(b"\n", 0, at) + 1
-            raise PrefdataError(f"{path} nests JSON deeper than {MAX_JSON_DEPTH} levels (line {line})",
-                                "prompt data needs a few levels (chat messages: 3); fix or remove that row")
-        depth = int(running[-1])
-
-
-def _check_surrogates(data: bytes, path: Path) -> None:
-    """A \\uD800-\\uDFFF escape not in a valid pair decodes to a lone surrogate: text that no
-    UTF-8 writer (Arrow, Parquet, a tokenizer) can encode. Refuse it with its line."""
-    for match in _LONE_SURROGATE.finditer(data):
-        line = data.count(b"\n", 0, match.start()) + 1
-        raise PrefdataError(f"{path} holds an unpaired UTF-16 surrogate escape "
-                            f"{match.group().decode()!r} (line {line}), which is not valid Unicode text",
-                            "fix the text on that line (a surrogate must come as a high/low pair)")
-
-
-# a high surrogate not followed by a low one, or a low one not preceded by a high one
-_LONE_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                             rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)(?:\\\\)*\\u[dD][c-fC-F][0-9a-fA-F]{2}")
-
-
 def _read_jsonl(path: Path) -> tuple[pa.Table, Callable[[int], str]]:
     import pyarrow.json as pajson
 
     data = _read_text_bytes(path)
-    _check_depth(data, path)
-    _check_surrogates(data, path)
+    check_depth(data, path)
+    check_surrogates(data, path)
     try:
         # Single-threaded: when a threaded read fails (a line longer than a
         # block), Arrow can leave worker tasks running, and the process then
@@ -369,8 +294,8 @@ def _table_from_records(records: list[dict], path: Path) -> pa.Table:
 
 def _read_json(path: Path) -> tuple[pa.Table, Callable[[int], str]]:
     data = _read_text_bytes(path)
-    _check_depth(data, path)
-    _check_surrogates(data, path)
+    check_depth(data, path)
+    check_surrogates(data, path)
     try:
         doc = json.loads(data)
     except json.JSONDecodeError as exc:

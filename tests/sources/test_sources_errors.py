@@ -187,7 +187,7 @@ def test_a_line_longer_than_a_read_block_always_exits_with_our_error(tmp_path):
 
 
 def test_json_nesting_is_capped_but_brackets_in_text_are_not_nesting(tmp_path):
-    from prefdata.sources.readers import MAX_JSON_DEPTH
+    from prefdata.sources.guards import MAX_JSON_DEPTH
 
     ok = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)  # inside the row's object: depth 100
     deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH  # depth 101
