@@ -106,7 +106,7 @@ def build(
         raw.pop("scenarios", None)
         raw.pop("name", None)
         raw["mix"] = mix
-        origin_label = "--mix"
+        origin_label = "in pipelines/scenario1.toml"  # the mix's base pipeline
     else:
         raw = scenario_pipeline(scenario)
         origin_label = f"in pipelines/scenario{scenario}.toml"
