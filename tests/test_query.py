@@ -54,6 +54,7 @@ def test_output_formats(ws, tmp_path):
     assert write_result(result, "csv", None).splitlines()[0] == "prompt_id,source_index"
     rows = [json.loads(line) for line in write_result(result, "json", None).splitlines()]
     assert rows[0] == {"prompt_id": "p0000", "source_index": 0} and len(rows) == 5
+    assert write_result(result, "jsonl", None) == write_result(result, "json", None)  # both JSON Lines
     write_result(result, "parquet", tmp_path / "out.parquet")
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 5
     table_text = write_result(result, "table", None)
