@@ -278,7 +278,7 @@ def preflight(cfg: BuildConfig) -> None:
     """Check every path and model the build will use before the workspace is touched or any
     model loads: a misspelled judge model fails now, not after all policy generation."""
     from prefdata.generate import validate_model_dir
-    from prefdata.generate.base import resolve_backend_name
+    from prefdata.generate.registry import resolve_backend_name
 
     spec = cfg.source
     if spec.path_or_name != TOY and not Path(spec.path_or_name).expanduser().exists():

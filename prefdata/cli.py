@@ -92,24 +92,9 @@ def build(
     """
     from prefdata.build import build as run_build
     from prefdata.build import format_summary
-    from prefdata.config import build_config, load_toml, origin_of, parse_set_value, scenario_pipeline, set_path
+    from prefdata.config import build_config, origin_of, parse_set_value, pipeline_raw, set_path
 
-    chosen = [x for x in (scenario is not None, mix is not None, config is not None) if x]
-    if len(chosen) != 1:
-        raise PrefdataError("give exactly one of --scenario N, --mix SPEC or --config FILE",
-                            "e.g. prefdata build --scenario 2")
-    if config is not None:
-        raw = load_toml(config)
-        origin_label = f"in {config}"
-    elif mix is not None:
-        raw = scenario_pipeline(1)
-        raw.pop("scenarios", None)
-        raw.pop("name", None)
-        raw["mix"] = mix
-        origin_label = "in pipelines/scenario1.toml"  # the mix's base pipeline
-    else:
-        raw = scenario_pipeline(scenario)
-        origin_label = f"in pipelines/scenario{scenario}.toml"
+    raw, origin_label = pipeline_raw(scenario, mix, config)
     flags = {
         "source.path_or_name": source, "source.format": format, "source.split": split, "source.limit": limit,
         "source.sample": sample, "source.preset": preset, "source.prompt_column": prompt_column,
@@ -296,9 +281,20 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
     from prefdata.store import Workspace
     from prefdata.train.report import combined_report
 
-    result = combined_report(Workspace.open(workspace))
-    typer.echo(result["text"])
-    typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
+    from prefdata.iterate import iterate_texts
+
+    rounds = iterate_texts(workspace)
+    try:
+        result = combined_report(Workspace.open(workspace))
+    except PrefdataError:
+        if not rounds:
+            raise
+        result = None
+    if result:
+        typer.echo(result["text"])
+        typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
+    for text in rounds:  # iterate runs: their rounds side by side
+        typer.echo("\n" + text)
 
 
 @app.command()
@@ -326,6 +322,55 @@ def study(
 
     atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
     typer.echo("\n" + result["tables"])
+
+
+@app.command()
+def iterate(
+    workspace: Path = typer.Argument(..., help="Workspace directory (created if missing)."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds of sample -> judge -> pair -> score -> train."),
+    scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Pipeline of scenario 1-4 (1 = on-policy)."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="Blend scenarios by proportion, e.g. 1=0.5,2=0.5."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Your own pipeline TOML (see pipelines/)."),
+    prompts_per_round: int = typer.Option(64, "--prompts-per-round", help="Source prompts each round samples for."),
+    reuse_prompts: bool = typer.Option(False, "--reuse-prompts", help="Every round on the same prompts (default: fresh disjoint slices)."),
+    reference: str = typer.Option("base", "--reference", help="DPO reference: base (the base policy) or previous (the round's starting model)."),
+    name: str = typer.Option("iter", "--name", help="Run name: datasets NAME-r1, NAME-r2, ...; folder runs/NAME."),
+    loss: str = typer.Option("dpo", "--loss", help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic."),
+    beta: float = typer.Option(0.1, "--beta"),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
+    epochs: int = typer.Option(2, "--epochs", help="Epochs over each round's pairs."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    heldout_prompts: int = typer.Option(64, "--heldout-prompts", help="Held-out prompts graded per accuracy measurement."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (the pipeline's seed drives sampling)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Scoring/training device (default: cuda if present, else cpu)."),
+    set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.n=4"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final tables."),
+) -> None:
+    """Iterative on-policy DPO: each round samples from the previous round's model.
+
+    Round r: sample (round 1 from the base policy), judge, pair into dataset NAME-rR, score
+    reference log-probs, train, measure held-out accuracy; the model is saved in
+    WORKSPACE/runs/NAME/round-R/model. Rerunning the command resumes where it stopped.
+
+    Example: prefdata iterate ws --scenario 1 --rounds 3 --prompts-per-round 64
+    """
+    from prefdata.config import parse_set_value, pipeline_raw, set_path
+    from prefdata.iterate import IterateConfig, run_iterate
+
+    raw, _ = pipeline_raw(scenario, mix, config)
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PrefdataError(f"--set {item!r} is not KEY=VALUE", "e.g. --set policy.sampling.n=4")
+        set_path(raw, key.strip(), parse_set_value(key.strip(), value.strip()))
+    if quiet:
+        raw["quiet"] = True
+    cfg = IterateConfig(rounds=rounds, prompts_per_round=prompts_per_round, reuse_prompts=reuse_prompts,
+                        reference=reference, name=name, loss=loss, beta=beta, lr=lr, epochs=epochs,
+                        batch_size=batch_size, heldout_prompts=heldout_prompts, seed=seed, device=device)
+    run_iterate(workspace, raw, cfg, log=(lambda _msg: None) if quiet else typer.echo)
+    if quiet:
+        typer.echo((workspace / "runs" / name / "rounds.txt").read_text().rstrip())
 
 
 @app.command()

@@ -113,6 +113,23 @@ def scenario_pipeline(scenario: int) -> dict:
     return load_toml(pipelines_dir() / f"scenario{scenario}.toml")
 
 
+def pipeline_raw(scenario: int | None, mix: str | None, config: Path | None) -> tuple[dict, str]:
+    """The raw pipeline that exactly one of --scenario N, --mix SPEC, --config FILE names, and
+    where its values come from (for error messages)."""
+    if sum(x is not None for x in (scenario, mix, config)) != 1:
+        raise PrefdataError("give exactly one of --scenario N, --mix SPEC or --config FILE",
+                            "e.g. --scenario 2")
+    if config is not None:
+        return load_toml(config), f"in {config}"
+    if mix is not None:
+        raw = scenario_pipeline(1)
+        raw.pop("scenarios", None)
+        raw.pop("name", None)
+        raw["mix"] = mix
+        return raw, "in pipelines/scenario1.toml"  # the mix's base pipeline
+    return scenario_pipeline(scenario), f"in pipelines/scenario{scenario}.toml"
+
+
 _KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 

@@ -20,7 +20,7 @@ def load_prompts(spec: SourceSpec) -> tuple[pa.Table, SourceStats]:
 
     Order of work: read -> map columns -> reject empty prompts -> prompt_id
     (see `prefdata.sources.ids`) -> drop duplicate ids, keeping the first ->
-    seeded `sample` -> `limit`. `source_index` is the 0-based row in the source
+    seeded `sample` -> `offset` -> `limit`. `source_index` is the 0-based row in the source
     before any of that, so a row can always be traced back.
 
     >>> table, stats = load_prompts(SourceSpec("/work/shared/data/gsm8k", split="test", limit=2))  # doctest: +SKIP
@@ -30,7 +30,7 @@ def load_prompts(spec: SourceSpec) -> tuple[pa.Table, SourceStats]:
     started = time.perf_counter()
     import polars as pl  # after the clock starts: a first call pays its import
 
-    for field in ("limit", "sample"):
+    for field in ("limit", "sample", "offset"):
         value = getattr(spec, field)
         if value is not None and (not isinstance(value, int) or value < 0):
             raise PrefdataError(f"--{field} must be a whole number >= 0, got {value!r}", f"fix --{field}")
@@ -63,6 +63,8 @@ def load_prompts(spec: SourceSpec) -> tuple[pa.Table, SourceStats]:
         # Sorted picks keep the source order; the same seed picks the same rows.
         picks = np.sort(np.random.default_rng(spec.seed).choice(frame.height, spec.sample, replace=False))
         frame = frame[picks]
+    if spec.offset:
+        frame = frame.slice(spec.offset)
     if spec.limit is not None:
         frame = frame.head(spec.limit)
 

@@ -25,8 +25,9 @@ class SourceSpec:
     auto-detected when left as None; `preset` forces a known layout.
 
     `sample` draws that many rows (without replacement, seeded by `seed`) after
-    duplicates are removed; `limit` then keeps the first `limit` rows. Both keep
-    the source order. `name` overrides the source name that goes into
+    duplicates are removed; `offset` then skips that many rows and `limit` keeps
+    the first `limit` of the rest (disjoint slices: offset 0, limit k; offset k,
+    limit k; ...). All keep the source order. `name` overrides the source name that goes into
     `prompt_id` (default: the dataset's directory or file stem, e.g. "gsm8k").
     `config` is the hub config name (e.g. "main" for openai/gsm8k).
     `max_prompt_bytes` caps one prompt (its text plus its chat messages, in UTF-8
@@ -42,6 +43,7 @@ class SourceSpec:
     split: str = "train"
     limit: int | None = field(default=None, metadata=at_least(0))
     sample: int | None = field(default=None, metadata=at_least(0))
+    offset: int = field(default=0, metadata=at_least(0))
     seed: int = field(default=0, metadata=at_least(0))
     prompt_column: str | None = None
     solution_column: str | None = None

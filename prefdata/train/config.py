@@ -39,6 +39,8 @@ class TrainConfig:
     dataset         the pairs' `dataset` value (scenario1..scenario4 or a mix name)
     model_path      the model to train; must be the model that scored the pairs
                     (DPO's reference is the initial policy; checked by hash)
+    reference_path  the model that scored the pairs when it is not `model_path` (iterative
+                    DPO keeping the base policy as reference while training a later round's model)
     loss            which loss and its hyperparameters (`prefdata.train.losses`)
     lr, warmup_steps, schedule
                     AdamW peak learning rate, linear warm-up, then constant / cosine / linear decay to 0
@@ -61,6 +63,7 @@ class TrainConfig:
     dataset: str
     model_path: str
     loss: LossConfig = field(default_factory=LossConfig)
+    reference_path: str | None = None
     lr: float = 5e-6
     warmup_steps: int = 0
     schedule: str = "constant"
@@ -91,7 +94,7 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.loss, dict):  # from JSON/TOML
             object.__setattr__(self, "loss", LossConfig(**self.loss))
-        for name in ("model_path", "output_dir"):  # Paths become str so the saved config is JSON
+        for name in ("model_path", "reference_path", "output_dir"):  # Paths become str so the saved config is JSON
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         for name in ("batch_size", "grad_accum", "epochs", "max_length", "probe_pairs", "chunk_positions",

@@ -104,13 +104,14 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
 
     # ---- the pairs: scored by this very model, tokenised exactly as score.py did ----------------
     pairs = _load_pairs(ws, cfg.dataset)
-    ref_hash = model_hash(cfg.model_path)
+    reference = cfg.reference_path or cfg.model_path
+    ref_hash = model_hash(reference)
     scored_by = set(pairs["ref_model_hash"])
     if scored_by != {ref_hash}:
         raise PrefdataError(
             f"pairs of {cfg.dataset!r} were scored by model {sorted(map(str, scored_by))}, "
-            f"not by {cfg.model_path} ({ref_hash}); DPO's reference must be the starting policy",
-            f"run `prefdata score` with {cfg.model_path} first, or train the model that scored them")
+            f"not by {reference} ({ref_hash}); DPO's reference must be the model that scored them",
+            f"run `prefdata score` with {reference} first, or train the model that scored them")
     model, tokenizer = load_model(cfg.model_path, device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
