@@ -77,6 +77,13 @@ def run_iterate(workspace: Path, raw: dict, cfg: IterateConfig, log: Callable[[s
     first_offset = source.get("offset", 0) if isinstance(source, dict) else 0
     for r in (1, cfg.rounds):  # every round's config is checked before the first model loads
         _round_config(raw, cfg, r, base, first_offset)
+    from prefdata.check import refuse_if_damaged
+    from prefdata.store import Workspace
+
+    refuse_if_damaged(Path(workspace))
+    ws = Workspace.create(workspace)
+    with ws.writer():  # the manifest first: a folder holding only runs/ is not a workspace
+        ws.write_manifest(f"iterate:{cfg.name}", {"config": asdict(cfg), "pipeline": raw})
     root = run_dir(workspace, cfg.name)
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root):
