@@ -87,7 +87,7 @@ def _store_heldout(state: BuildState, spec) -> int:
     if state.cfg.heldout <= 0 or spec.split == "test":
         return 0
     try:
-        heldout, _ = load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))
+        heldout, _ = load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None, offset=0))
     except PrefdataError:
         return 0
     heldout = _new_prompts(state.ws, heldout)
