@@ -211,6 +211,8 @@ COMMANDS = [  # options of other commands (no pipeline file or source to enter t
     Case("train-batch-size-0-trl-name", "", "", r"batch_size = 0 \(--batch-size\) is out of range",
          args=("train", "{ws}", "--scenario", "2", "--model", "{model}", "--per_device_train_batch_size", "0")),
     Case("study-lr-inf", "", "", r"lr = inf is not finite", args=("study", "{tmp}/study", "--lr", "inf")),
+    Case("iterate-lr-inf", "", "", r"lr = inf is not finite",
+         args=("iterate", "{tmp}/iter", "--scenario", "1", "--lr", "inf")),
 ]
 
 
