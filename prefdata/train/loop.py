@@ -110,7 +110,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     if scored_by != {ref_hash}:
         raise PrefdataError(
             f"pairs of {cfg.dataset!r} were scored by model {sorted(map(str, scored_by))}, "
-            f"not by {reference} ({ref_hash}); DPO's reference must be the model that scored them",
+            f"not by {reference} ({ref_hash}); DPO's reference must be "
+            + ("the model that scored them" if cfg.reference_path else "the starting policy"),
             f"run `prefdata score` with {reference} first, or train the model that scored them")
     model, tokenizer = load_model(cfg.model_path, device)
     if cfg.gradient_checkpointing:

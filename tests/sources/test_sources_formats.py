@@ -133,3 +133,10 @@ def test_name_override_changes_ids(tmp_path):
     b, stats = load(path, name="other")
     assert stats.source == "other"
     assert set(a.column("prompt_id").to_pylist()).isdisjoint(b.column("prompt_id").to_pylist())
+
+
+def test_offset_and_limit_give_disjoint_slices_in_source_order(tmp_path):
+    path = write_jsonl(tmp_path / "toy.jsonl", ROWS)
+    slices = [load(path, offset=k, limit=1)[0].column("source_index").to_pylist() for k in range(4)]
+    assert slices == [[0], [1], [2], []]
+    assert load(path, offset=1)[0].column("prompt").to_pylist() == [r["prompt"] for r in ROWS[1:]]

@@ -208,6 +208,12 @@ def test_refuses_bf16_on_cpu_and_pairs_scored_by_another_model(world, tmp_path):
     (other / "generation_config.json").write_text('{"max_new_tokens": 7}')  # another model → another hash
     with pytest.raises(PrefdataError, match="reference must be the starting policy"):
         train(ws, tiny_config(other, output_dir=str(tmp_path / "r")))
+    # naming the model that scored them as the reference (iterative DPO) trains `other` against it
+    from prefdata.score import model_hash
+
+    result = train(ws, tiny_config(other, reference_path=str(model_dir), output_dir=str(tmp_path / "iter")))
+    assert result["ref_model_hash"] == model_hash(model_dir) != model_hash(other)
+    assert (tmp_path / "iter" / "model" / "config.json").is_file()
     with pytest.raises(PrefdataError, match="no pairs of dataset"):
         train(ws, dataclasses.replace(tiny_config(model_dir), dataset="scenario9"))
 
