@@ -124,3 +124,17 @@ def test_iterate_rejects_a_bad_reference_before_any_work(tmp_path):
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "reference" in done.stderr
     assert not ws.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_round_two_samples_round_one_model_with_vllm(tmp_path):
+    ws = tmp_path / "ws"
+    env = dict(ENV, VLLM_CPU_KVCACHE_SPACE="1")
+    done = subprocess.run(_cli("iterate", str(ws), "--rounds", "2", "--set", "policy.backend=vllm", *TINY),
+                          capture_output=True, text=True, env=env, timeout=1500)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    state = _state(ws)
+    r2 = state["rounds"]["2"]["build"]["generation"]["policy"]
+    assert r2["backend"] == "vllm" and r2["model_hash"] == state["rounds"]["1"]["model_hash"]
+    assert r2["candidates_written"] == 8 * 4
