@@ -39,6 +39,7 @@ class BuildState:
     prompts: object = None            # pa.Table: this build's prompts
     work_keys: set = field(default_factory=set)  # work keys of this build's generated candidates
     scored: object = None             # pl.DataFrame: this build's candidates with verdicts
+    hygiene: object = None            # prefdata.hygiene.stage.PromptHygiene: its index checks chosen texts
     pairs: dict = field(default_factory=dict)    # dataset name -> pl.DataFrame
     summary: dict = field(default_factory=dict)
 
@@ -56,43 +57,81 @@ def toy_source_dir(seed: int) -> Path:
     return folder
 
 
+def _resolve_toy(spec, seed: int):
+    return replace(spec, path_or_name=str(toy_source_dir(seed))) if spec.path_or_name == TOY else spec
+
+
 def step_ingest(state: BuildState) -> BuildState:
-    """Load the source's prompts; store the ones the workspace does not have yet."""
+    """Load the source's prompts, drop contaminated and near-duplicate ones (before
+    sampling and --limit); store the ones the workspace does not have yet."""
     import pyarrow.compute as pc
 
     from prefdata.sources import load_prompts
 
-    spec = state.cfg.source
-    if spec.path_or_name == TOY:
-        spec = replace(spec, path_or_name=str(toy_source_dir(state.cfg.seed)))
-    prompts, stats = load_prompts(spec)
+    spec = _resolve_toy(state.cfg.source, state.cfg.seed)
+    heldout = _load_heldout(state, spec)
+    hygiene = _prompt_hygiene(state, heldout)
+    prompts, stats = load_prompts(spec, prefilter=hygiene)
     if prompts.num_rows == 0:
-        raise PrefdataError(f"source {spec.path_or_name} gave no prompts", "check --split, --limit and the file")
+        raise PrefdataError(f"source {spec.path_or_name} gave no prompts"
+                            + (f" ({hygiene.counts} dropped by data hygiene)" if hygiene.counts else ""),
+                            "check --split, --limit and the file")
     known = set(state.ws.read("prompts", ["prompt_id"]).column("prompt_id").to_pylist())
     new = prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=_array(known))))
     if new.num_rows:
         key = "src-" + _digest(sorted(new.column("prompt_id").to_pylist()))
         state.ws.write_part("prompts", key, new)
     state.prompts = prompts
-    state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows,
-                                "heldout_stored": _store_heldout(state, spec)}
+    state.hygiene = hygiene
+    dropped = {reason: hygiene.counts.get(reason, 0) for reason in ("contaminated", "near_duplicate")}
+    state.summary["prompts"] = {**stats.to_dict(), **dropped, "new_in_workspace": new.num_rows,
+                                "heldout_stored": _store_heldout(state, heldout)}
+    state.summary["hygiene"] = {**state.summary.get("hygiene", {}), **dropped}
     state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
+              f"{dropped['contaminated']} contaminated, {dropped['near_duplicate']} near-duplicates, "
               f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
     return state
 
 
-def _store_heldout(state: BuildState, spec) -> int:
-    """Store up to `cfg.heldout` prompts of the source's test split (never generated for): the
-    trainer measures held-out accuracy on them. A source without a test split stores none."""
-    import pyarrow.compute as pc
+def _prompt_hygiene(state: BuildState, heldout):
+    """The ingest filter: evaluation sets of `select.decontaminate` plus the workspace's held-out
+    prompts (stored ones and the ones this build is about to store), and near-duplicates."""
+    import polars as pl
 
+    from prefdata.hygiene.stage import PromptHygiene, item_texts, load_eval_sets
+    from prefdata.select import SelectConfig
+
+    sel = SelectConfig(**state.cfg.select)
+    evals, sets = load_eval_sets(sel.decontaminate, resolve=lambda spec: _resolve_toy(spec, state.cfg.seed))
+    stored = state.ws.read_polars("prompts").filter(pl.col("split") == "test")
+    if heldout is not None:
+        stored = pl.concat([stored, pl.from_arrow(heldout).select(stored.columns)])
+    evals = pl.concat([evals, item_texts(stored, "heldout", heldout=True)])
+    threshold = sel.near_duplicate_threshold if sel.near_duplicates else None
+    state.summary["hygiene"] = {
+        "decontaminate": sets, "heldout_items": stored["prompt_id"].n_unique(), "n": sel.decontaminate_n,
+        "chosen_checked": sel.decontaminate_chosen, "near_duplicate_threshold": threshold}
+    return PromptHygiene(evals, n=sel.decontaminate_n, near_threshold=threshold, seed=state.cfg.seed)
+
+
+def _load_heldout(state: BuildState, spec):
+    """Up to `cfg.heldout` prompts of the source's test split (never generated for): the
+    trainer measures held-out accuracy on them. A source without a test split has none."""
     from prefdata.sources import load_prompts
 
     if state.cfg.heldout <= 0 or spec.split == "test":
-        return 0
+        return None
     try:
-        heldout, _ = load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))
+        return load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))[0]
     except PrefdataError:
+        return None
+
+
+def _store_heldout(state: BuildState, heldout) -> int:
+    """Store the held-out prompts the workspace does not have yet; returns how many."""
+    import pyarrow.compute as pc
+
+    if heldout is None:
         return 0
     known = state.ws.read("prompts", ["prompt_id"]).column("prompt_id")
     heldout = heldout.filter(pc.invert(pc.is_in(heldout.column("prompt_id"), value_set=known)))
@@ -182,7 +221,8 @@ def step_select(state: BuildState) -> BuildState:
     per_scenario, drops = {}, {}
     for scenario in cfg.scenarios:
         dataset = f"scenario{scenario}" if cfg.mix else cfg.name
-        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset))
+        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset),
+                                      eval_index=state.hygiene.index if state.hygiene else None)
         per_scenario[scenario] = pairs
         drops[dataset] = dropped
     pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
@@ -255,7 +295,13 @@ def _silence_library_progress() -> None:
 def format_summary(summary: dict) -> str:
     lines = ["", "build summary", "-------------"]
     p = summary["prompts"]
-    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed)")
+    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates, "
+                 f"{p.get('contaminated', 0)} contaminated, {p.get('near_duplicate', 0)} near-duplicates removed)")
+    h = summary.get("hygiene")
+    if h:
+        sets = ", ".join(f"{s['source']}/{s['split']} ({s['items']})" for s in h["decontaminate"])
+        lines.append(f"decontaminated    against {sets + ' and ' if sets else ''}{h['heldout_items']} held-out "
+                     f"prompts, n-grams of {h['n']} words" + (", chosen responses too" if h["chosen_checked"] else ""))
     for origin, g in summary.get("generation", {}).items():
         lines.append(f"candidates {origin:<10}{g.get('candidates_written', 0)} new"
                      + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))

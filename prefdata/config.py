@@ -201,9 +201,11 @@ def build_config(raw: dict) -> BuildConfig:
 
 def _check_select(select: dict) -> None:
     """Fail before any model work on [select] keys or values that selection would reject later."""
+    from prefdata.hygiene.stage import check_settings
     from prefdata.select import SelectConfig
 
     _make(SelectConfig, "select", select)
+    check_settings(select)
     margin = select.get("min_margin", 0.0)
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
         raise PrefdataError(f"select.min_margin={margin!r} is not a finite number >= 0",

@@ -64,6 +64,15 @@ class SelectConfig:
     other_pick: str = "worst"  # "worst" | "random": which other-model sample is rejected (3, 4)
     seed: int = 0  # for other_pick="random"
     dataset: str | None = None  # default "scenario<N>"
+    # data hygiene (prefdata.hygiene): evaluation sets in [source] syntax (a string: its test split);
+    # prompts sharing a decontaminate_n-word run with one, or with a held-out prompt, are dropped
+    # before generation (reason contaminated), as are pairs whose chosen response does, if
+    # decontaminate_chosen; near-duplicate prompts (MinHash Jaccard >= threshold) are collapsed to one
+    decontaminate: tuple = ()
+    decontaminate_n: int = 13
+    decontaminate_chosen: bool = False
+    near_duplicates: bool = True
+    near_duplicate_threshold: float = 0.8
 
 
 def strategy_name(scenario: int, cfg: SelectConfig) -> str:
@@ -149,7 +158,7 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
     return rules
 
 
-def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
+def pair_rules(scenario: int, cfg: SelectConfig, eval_index=None) -> list[F.Rule]:
     (c_origin, _), (r_origin, _) = ROLES[scenario]
     rules = [(f"no_{c_origin}", F.is_missing("chosen")), (f"no_{r_origin}", F.is_missing("rejected"))]
     if c_origin == "reference":
@@ -160,6 +169,10 @@ def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
     if cfg.min_margin > 0:
         rules.append(("below_margin", F.is_below_margin(cfg.min_margin)))
     rules.append(("same_text", F.is_same_text(hashes=("chosen__nhash", "rejected__nhash"))))
+    if cfg.decontaminate_chosen and eval_index is not None:  # last: only surviving pairs are tokenised
+        from prefdata.hygiene.stage import chosen_rule
+
+        rules.append(("contaminated", chosen_rule(eval_index)))
     return rules
 
 
@@ -233,9 +246,12 @@ def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score
     return stats
 
 
-def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
-                 cfg: SelectConfig = SelectConfig()) -> tuple[pl.DataFrame, dict[str, int]]:
+def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConfig = SelectConfig(),
+                 eval_index=None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Pairs (pairs-schema columns, sorted by prompt_id) and drop counts per reason.
+
+    ``eval_index`` (a `prefdata.hygiene.decontaminate.NgramIndex`) is what
+    ``cfg.decontaminate_chosen`` checks chosen responses against.
 
     >>> cands = pl.DataFrame({"prompt_id": ["p"] * 3, "prompt": ["1+1?"] * 3, "judge_name": ["verifier"] * 3,
     ...     "candidate_id": ["a", "b", "c"], "origin": ["policy"] * 3, "score": [1.0, 0.0, 1.0],
@@ -297,7 +313,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         (pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"),
         *[df[col].gather(frame[f"{side}_row"]).alias(f"{side}_{col}")
           for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text", "_nhash")])
-    frame = F.mark(frame, pair_rules(scenario, cfg))
+    frame = F.mark(frame, pair_rules(scenario, cfg, eval_index))
     counts.update(F.drop_counts(frame))
 
     dataset = cfg.dataset or f"scenario{scenario}"
