@@ -30,6 +30,16 @@ def dataset_card(ws: Workspace) -> str:
         lines.append(f"| {d['dataset']} | {d['scenario']} | {kind} | {chosen} | {rejected} | {d['pairs']} | {d['scored']} |")
     lines += ["", "## Tables", "", "| table | rows | parts |", "|---|---|---|"]
     lines += [f"| {name} | {t['rows']} | {t['parts']} |" for name, t in info["tables"].items()]
+    if info.get("hygiene"):
+        lines += ["", "## Data hygiene", "",
+                  "Prompts sharing a run of N words (after lower-casing and dropping punctuation) with an "
+                  "evaluation item were dropped as `contaminated`; near-duplicate prompts (MinHash, exact "
+                  "Jaccard of word shingles at or above the threshold) were collapsed to one as `near_duplicate`.",
+                  "", "| build | evaluation sets | N | contaminated prompts | contaminated chosen | "
+                  "near-duplicates | threshold |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {h['build']} | {h['evaluation_sets']} | {h['ngram_words']} | {h['contaminated_prompts']} | "
+                  f"{h['contaminated_chosen']} | {h['near_duplicates']} | {h['near_duplicate_threshold']} |"
+                  for h in info["hygiene"]]
     lines += ["", "## Provenance", "", "Sources:", ""]
     lines += [f"- `{s['source']}` split `{s['split']}`: {s['prompts']} prompts" for s in info["sources"]]
     lines += ["", "Models (candidates by origin):", ""]

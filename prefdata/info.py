@@ -29,7 +29,29 @@ def workspace_info(ws: Workspace) -> dict:
                               "FROM judgments GROUP BY ALL ORDER BY ALL")
         info["datasets"] = rows("SELECT dataset, scenario, kind, count(*) AS pairs, "
                                 "count(ref_chosen_logp) AS scored FROM pairs GROUP BY ALL ORDER BY ALL")
+    info["hygiene"] = hygiene_entries(manifest)
     return info
+
+
+def hygiene_entries(manifest: dict) -> list[dict]:
+    """Per build: what its prompts were decontaminated against (and with n-grams of how many
+    words), and how many prompts and chosen responses were dropped as contaminated or as
+    near-duplicates (counted over the source, before sampling and --limit)."""
+    entries = []
+    for stage, entry in sorted(manifest.get("stages", {}).items()):
+        summary = (entry.get("config") or {}).get("summary") or {}
+        h = summary.get("hygiene")
+        if not stage.startswith("build:") or not h:
+            continue
+        sets = [f"{s['source']}/{s['split']} ({s['items']} items)" for s in h.get("decontaminate", [])]
+        sets.append(f"held-out prompts ({h.get('heldout_items', 0)})")
+        chosen = sum(d.get("contaminated", 0) for d in summary.get("dropped", {}).values())
+        entries.append({"build": stage.split(":", 1)[1], "evaluation_sets": ", ".join(sets), "ngram_words": h.get("n"),
+                        "contaminated_prompts": h.get("contaminated", 0),
+                        "contaminated_chosen": chosen if h.get("chosen_checked") else "not checked",
+                        "near_duplicates": h.get("near_duplicate", 0),
+                        "near_duplicate_threshold": h.get("near_duplicate_threshold") or "off"})
+    return entries
 
 
 def format_info(info: dict) -> str:
@@ -49,5 +71,6 @@ def format_info(info: dict) -> str:
     section("models", info["models"])
     section("judges", info["judges"])
     section("datasets (pairs)", info["datasets"])
+    section("data hygiene (prompts dropped before generation)", info.get("hygiene", []))
     lines.extend(["", "stages done: " + (", ".join(info["stages"]) or "(none)")])
     return "\n".join(lines)

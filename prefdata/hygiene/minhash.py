@@ -2,8 +2,8 @@
 
 1. Shingles: every run of ``shingle`` consecutive tokens (`tokens.word_hashes` with
    symbols such as + - * = kept as tokens; a text shorter than that is one shingle).
-2. MinHash: ``bands * rows`` hash functions h(x) = (a*x + b) >> 32 over the shingle
-   hashes; per text and function, the minimum. Two texts agree on one function with
+2. MinHash: ``bands * rows`` hash functions h(x) = a*x + b mod 2^32 over the shingle
+   hashes (folded to 32 bits); per text and function, the minimum. Two texts agree on one function with
    probability equal to their Jaccard similarity J.
 3. LSH: the functions are cut into bands of ``rows``; texts whose minima agree on a
    whole band become a candidate pair (probability 1 - (1 - J^rows)^bands).
@@ -35,25 +35,31 @@ from prefdata.hygiene.tokens import window_hashes, word_hashes
 
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SHINGLE = 5      # tokens per shingle (datatrove's default n-gram for MinHash)
-NUM_PERM = 64            # hash functions; banding uses bands * rows <= NUM_PERM of them
+_PERMS = (32, 64, 128)   # hash function counts lsh_bands chooses from
 _RECALL = 0.995          # wanted chance that LSH proposes a pair exactly at the threshold
 _WINDOW = 8              # in a band's sorted keys, rows up to this far apart are paired
-_CHUNK_ROWS = 1 << 16
+_TOKENISE_ROWS = 1 << 16  # texts tokenised at a time
+_HASH_ROWS = 1 << 12      # texts hashed at a time (~150k shingles: each function's pass stays in cache)
 _P = np.uint64(0x100000001B3)
 
 
-def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
-    """(bands, rows): the most rows per band whose recall at ``threshold`` is >= 0.995.
+def lsh_bands(threshold: float) -> tuple[int, int]:
+    """(bands, rows): the most rows per band whose recall at ``threshold`` is >= 0.995, with
+    32 hash functions, or 64 or 128 when fewer than 3 rows per band would reach it.
 
-    More rows per band means fewer dissimilar candidates (less verification work).
-    >>> lsh_bands(0.8), lsh_bands(0.5)
-    ((16, 4), (32, 2))
+    More rows per band means fewer dissimilar candidates (less verification work);
+    more functions mean more time hashing.
+    >>> lsh_bands(0.8), lsh_bands(0.5), lsh_bands(0.95)
+    ((10, 3), (42, 3), (5, 6))
     """
-    best = (num_perm, 1)
-    for rows in range(1, num_perm + 1):
-        bands = num_perm // rows
-        if 1 - (1 - threshold ** rows) ** bands >= _RECALL:
-            best = (bands, rows)
+    for num_perm in _PERMS:
+        best = (num_perm, 1)
+        for rows in range(1, num_perm + 1):
+            bands = num_perm // rows
+            if 1 - (1 - threshold ** rows) ** bands >= _RECALL:
+                best = (bands, rows)
+        if best[1] >= 3:
+            break
     return best
 
 
@@ -63,29 +69,37 @@ def _shingles(texts: pl.Series, shingle: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _band_keys(texts: pl.Series, shingle: int, bands: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bands x texts array of band keys, mask of texts that have shingles)."""
+    """(bands x texts array of band keys, mask of texts that have shingles).
+
+    Shingle hashes are folded to 32 bits and each hash function is x -> a*x + b mod 2^32
+    (a odd: a permutation of the 32-bit values). Texts are hashed a few thousand at a
+    time so the arrays every function passes over stay in the CPU cache.
+    """
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2**63, bands * rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-    b = rng.integers(0, 2**63, bands * rows, dtype=np.uint64)
+    a = (rng.integers(0, 2**31, bands * rows, dtype=np.uint32) * np.uint32(2) + np.uint32(1))  # odd
+    b = rng.integers(0, 2**32, bands * rows, dtype=np.uint32)
     keys = np.zeros((bands, len(texts)), np.uint64)
     present = np.zeros(len(texts), np.bool_)
-    for offset in range(0, len(texts), _CHUNK_ROWS):
-        hashes, row = _shingles(texts.slice(offset, _CHUNK_ROWS), shingle)
-        if not len(hashes):
-            continue
-        starts = np.flatnonzero(np.concatenate(([True], row[1:] != row[:-1])))
-        at = offset + row[starts]
-        present[at] = True
-        buf = np.empty_like(hashes)
-        for band in range(bands):
-            key = np.zeros(len(starts), np.uint64)
-            for f in range(band * rows, (band + 1) * rows):
-                np.multiply(hashes, a[f], out=buf)
-                buf += b[f]
-                buf >>= np.uint64(32)
-                key *= _P
-                key += np.minimum.reduceat(buf, starts)
-            keys[band, at] = key
+    for offset in range(0, len(texts), _TOKENISE_ROWS):
+        hashes, row = _shingles(texts.slice(offset, _TOKENISE_ROWS), shingle)
+        x = (hashes ^ (hashes >> np.uint64(32))).astype(np.uint32)
+        bounds = np.searchsorted(row, np.arange(0, _TOKENISE_ROWS + _HASH_ROWS, _HASH_ROWS))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo == hi:
+                continue
+            part, part_row = x[lo:hi], row[lo:hi]
+            starts = np.flatnonzero(np.concatenate(([True], part_row[1:] != part_row[:-1])))
+            at = offset + part_row[starts]
+            present[at] = True
+            buf = np.empty_like(part)
+            for band in range(bands):
+                key = np.zeros(len(starts), np.uint64)
+                for f in range(band * rows, (band + 1) * rows):
+                    np.multiply(part, a[f], out=buf)
+                    buf += b[f]
+                    key *= _P
+                    key += np.minimum.reduceat(buf, starts)
+                keys[band, at] = key
     return keys, present
 
 
@@ -145,7 +159,7 @@ def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 
 def near_duplicates(texts: pl.Series, threshold: float = DEFAULT_THRESHOLD, shingle: int = DEFAULT_SHINGLE,
-                    num_perm: int = NUM_PERM, seed: int = 0) -> np.ndarray:
+                    seed: int = 0) -> np.ndarray:
     """Per text: True when it is a near-duplicate (Jaccard >= ``threshold`` of shingle sets,
     transitively) of an earlier text, which is kept."""
     if not 0 < threshold <= 1:
@@ -153,7 +167,7 @@ def near_duplicates(texts: pl.Series, threshold: float = DEFAULT_THRESHOLD, shin
     dropped = np.zeros(len(texts), np.bool_)
     if len(texts) < 2:
         return dropped
-    bands, rows = lsh_bands(threshold, num_perm)
+    bands, rows = lsh_bands(threshold)
     keys, present = _band_keys(texts, shingle, bands, rows, seed)
     i, j = _candidates(keys, present)
     if not len(i):
