@@ -8,7 +8,7 @@
 3. LSH: the functions are cut into bands of ``rows``; texts whose minima agree on a
    whole band become a candidate pair (probability 1 - (1 - J^rows)^bands).
    `lsh_bands` picks the split so a pair at the threshold is found with probability
-   >= 0.995 and as few dissimilar pairs as possible become candidates.
+   >= 0.9999 and as few dissimilar pairs as possible become candidates.
 4. Candidates are checked with the exact Jaccard of their shingle sets, so the
    threshold means what it says; pairs at or above it are joined, and of each
    connected group the first text (lowest row) is kept, the rest are duplicates.
@@ -36,7 +36,7 @@ from prefdata.hygiene.tokens import window_hashes, word_hashes
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SHINGLE = 5      # tokens per shingle (datatrove's default n-gram for MinHash)
 _PERMS = (32, 64, 128)   # hash function counts lsh_bands chooses from
-_RECALL = 0.995          # wanted chance that LSH proposes a pair exactly at the threshold
+_RECALL = 0.9999         # wanted chance that LSH proposes a pair exactly at the threshold
 _WINDOW = 8              # in a band's sorted keys, rows up to this far apart are paired
 _TOKENISE_ROWS = 1 << 16  # texts tokenised at a time
 _HASH_ROWS = 1 << 12      # texts hashed at a time (~150k shingles: each function's pass stays in cache)
@@ -44,13 +44,13 @@ _P = np.uint64(0x100000001B3)
 
 
 def lsh_bands(threshold: float) -> tuple[int, int]:
-    """(bands, rows): the most rows per band whose recall at ``threshold`` is >= 0.995, with
+    """(bands, rows): the most rows per band whose recall at ``threshold`` is >= 0.9999, with
     32 hash functions, or 64 or 128 when fewer than 3 rows per band would reach it.
 
     More rows per band means fewer dissimilar candidates (less verification work);
     more functions mean more time hashing.
     >>> lsh_bands(0.8), lsh_bands(0.5), lsh_bands(0.95)
-    ((10, 3), (42, 3), (5, 6))
+    ((21, 3), (64, 2), (8, 4))
     """
     for num_perm in _PERMS:
         best = (num_perm, 1)

@@ -55,6 +55,29 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h
 
 
+def _polynomials(flat: np.ndarray, k: int) -> np.ndarray:
+    """h[p] = sum over j < k of flat[p + j] * P^(k - 1 - j), for p <= len - k (later entries
+    are partial). Built by doubling, h_(a+b)(p) = h_a(p) * P^b + h_b(p + a): about 2 log2(k)
+    whole-array passes instead of k."""
+    have = {1: flat}
+    size = 1
+    while size * 2 <= k:
+        h = have[size] * _P ** np.uint64(size)  # a new array; the shifted add stays inside it
+        h[:len(h) - size] += have[size][size:]
+        size *= 2
+        have[size] = h
+    out, length = None, 0
+    for part in sorted(have, reverse=True):  # k's binary digits, highest first
+        if length + part <= k and (k - length) & part:
+            if out is None:
+                out = have[part].copy()
+            else:
+                out *= _P ** np.uint64(part)
+                out[:len(out) - length] += have[part][length:]
+            length += part
+    return out
+
+
 def window_hashes(flat: np.ndarray, lengths: np.ndarray, k: int,
                   whole_if_short: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(hash of every run of ``k`` consecutive words inside one text; the text's row).
@@ -70,10 +93,7 @@ def window_hashes(flat: np.ndarray, lengths: np.ndarray, k: int,
     row_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     m = len(flat) - k + 1
     if m > 0:
-        h = flat[:m].copy()
-        for j in range(1, k):
-            h *= _P
-            h += flat[j:j + m]
+        h = _polynomials(flat, k)[:m]
         # a window starting at word p is inside its text when p + k <= start + length
         rows = row_of[:m]
         inside = np.arange(m) + k <= (starts + lengths)[rows]
