@@ -87,8 +87,10 @@ def load_eval_sets(entries, resolve=lambda spec: spec) -> tuple[pl.DataFrame, li
         try:
             table, stats = load_prompts(resolve(spec))
         except PrefdataError as err:
+            fix = (err.fix or "").replace("pass --split NAME", "name one with {path_or_name = "
+                                          f'"{spec.path_or_name}", split = "NAME"}} in select.decontaminate')
             raise PrefdataError(f"evaluation set {spec.path_or_name} (split {spec.split}): {err.problem}",
-                                err.fix) from None
+                                fix or None) from None
         frames.append(item_texts(pl.from_arrow(table), stats.source))
         sets.append({"source": stats.source, "path": spec.path_or_name, "split": stats.split,
                      "items": table.num_rows})
@@ -125,10 +127,8 @@ class PromptHygiene:
         self.counts: dict[str, int] = {}
 
     def rules(self, frame: pl.DataFrame) -> list[F.Rule]:
-        ids = frame["prompt_id"]
-        own = self.evals.filter(pl.col("heldout") & pl.col("prompt_id").is_in(ids.implode()))
-        self.index = NgramIndex.from_texts(self.evals.join(own, on=["prompt_id", "heldout"], how="anti")["text"],
-                                           self.n)
+        own = pl.col("heldout") & pl.col("prompt_id").is_in(frame["prompt_id"].implode())
+        self.index = NgramIndex.from_texts(self.evals.filter(~own)["text"], self.n)
         rules: list[F.Rule] = []
         if len(self.index.hashes):
             rules.append(("contaminated", lambda df: pl.lit(pl.Series(self.index.hits(prompt_text(df))))))

@@ -15,6 +15,7 @@ from prefdata.build import BuildState, format_summary, step_finish, step_ingest
 from prefdata.config import build_config, scenario_pipeline, set_path
 from prefdata.errors import PrefdataError
 from prefdata.hygiene.decontaminate import NgramIndex
+from prefdata.hygiene.stage import load_eval_sets, prompt_text
 from prefdata.info import format_info, workspace_info
 from prefdata.select import SelectConfig, select_pairs
 from prefdata.store import Workspace
@@ -97,6 +98,18 @@ def test_eval_set_as_a_table_with_its_own_columns(source, tmp_path):
     path.write_text(json.dumps({"problem": EVAL_ITEM}) + "\n")
     state = ingest(source, **{"select.decontaminate": [{"path_or_name": str(path), "prompt_column": "problem"}]})
     assert state.summary["prompts"]["contaminated"] == 2  # the eval overlap and the held-out one
+
+
+def test_eval_folder_without_a_test_split_says_how_to_name_one(source):
+    with pytest.raises(PrefdataError, match=r'available splits: test, train; name one with \{path_or_name = ".*src", '
+                                            r'split = "NAME"\} in select.decontaminate'):
+        load_eval_sets([{"path_or_name": str(source / "src"), "split": "dev"}])
+
+
+def test_chat_prompts_are_checked_on_all_their_turns():
+    prompts = pl.DataFrame({"prompt": ["last turn", "plain"], "messages": [
+        [{"role": "user", "content": EVAL_ITEM}, {"role": "user", "content": "last turn"}], None]})
+    assert prompt_text(prompts).to_list() == [EVAL_ITEM + "\nlast turn", "plain"]
 
 
 def test_chosen_responses_are_checked_at_select_when_asked():
