@@ -77,7 +77,7 @@ def build(
     judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm or reward_model."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model for the llm / reward_model judge."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
-    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a 13-word run with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a run of select.decontaminate_n words (default 13) with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
     set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.top_p=0.9"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or step log."),

@@ -26,6 +26,9 @@ by prompt, in numpy. The rules:
   have one: reproducible for a given seed and input;
 - a pair is kept only with margin > 0 and margin >= min_margin, and with
   chosen text != rejected text (whitespace-normalised).
+- with ``decontaminate_chosen``, a pair whose chosen response shares an n-gram
+  with an evaluation item is dropped as ``contaminated`` (`prefdata.hygiene`;
+  the build drops contaminated and near-duplicate prompts before generation).
 
 Drop counts: candidate reasons count candidates, pair reasons count prompts.
 """
