@@ -35,7 +35,7 @@ from prefdata.hygiene.tokens import window_hashes, word_hashes
 
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_SHINGLE = 5      # tokens per shingle (datatrove's default n-gram for MinHash)
-_PERMS = (32, 64, 128)   # hash function counts lsh_bands chooses from
+_PERMS = (32, 48, 64, 128)  # hash function counts lsh_bands chooses from
 _RECALL = 0.9999         # wanted chance that LSH proposes a pair exactly at the threshold
 _WINDOW = 8              # in a band's sorted keys, rows up to this far apart are paired
 _TOKENISE_ROWS = 1 << 16  # texts tokenised at a time
@@ -45,12 +45,12 @@ _P = np.uint64(0x100000001B3)
 
 def lsh_bands(threshold: float) -> tuple[int, int]:
     """(bands, rows): the most rows per band whose recall at ``threshold`` is >= 0.9999, with
-    32 hash functions, or 64 or 128 when fewer than 3 rows per band would reach it.
+    32 hash functions, or 48, 64 or 128 when fewer than 3 rows per band would reach it.
 
     More rows per band means fewer dissimilar candidates (less verification work);
     more functions mean more time hashing.
     >>> lsh_bands(0.8), lsh_bands(0.5), lsh_bands(0.95)
-    ((21, 3), (64, 2), (8, 4))
+    ((16, 3), (64, 2), (8, 4))
     """
     for num_perm in _PERMS:
         best = (num_perm, 1)

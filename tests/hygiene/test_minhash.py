@@ -55,7 +55,7 @@ def test_groups_are_transitive_and_keep_their_first_row():
 
 def test_many_rows_and_lsh_recall():
     # 3,000 random 30-word texts, then a one-word-changed copy of each of the first 500 (J = 25/27):
-    # LSH must propose every planted pair (recall at 0.926 with 21 bands of 3 is > 0.999999)
+    # LSH must propose every planted pair (recall at 0.926 with 16 bands of 3 is > 0.99999)
     rng = np.random.default_rng(0)
     words = rng.integers(0, 100_000, (3000, 30)).astype(str)
     copies = words[:500].copy()
