@@ -64,8 +64,6 @@ def _resolve_toy(spec, seed: int):
 def step_ingest(state: BuildState) -> BuildState:
     """Load the source's prompts, drop contaminated and near-duplicate ones (before
     sampling and --limit); store the ones the workspace does not have yet."""
-    import pyarrow.compute as pc
-
     from prefdata.sources import load_prompts
 
     spec = _resolve_toy(state.cfg.source, state.cfg.seed)
@@ -76,8 +74,7 @@ def step_ingest(state: BuildState) -> BuildState:
         raise PrefdataError(f"source {spec.path_or_name} gave no prompts"
                             + (f" ({hygiene.counts} dropped by data hygiene)" if hygiene.counts else ""),
                             "check --split, --limit and the file")
-    known = set(state.ws.read("prompts", ["prompt_id"]).column("prompt_id").to_pylist())
-    new = prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=_array(known))))
+    new = _new_prompts(state.ws, prompts)
     if new.num_rows:
         key = "src-" + _digest(sorted(new.column("prompt_id").to_pylist()))
         state.ws.write_part("prompts", key, new)
@@ -129,21 +126,29 @@ def _load_heldout(state: BuildState, spec):
 
 def _store_heldout(state: BuildState, heldout) -> int:
     """Store the held-out prompts the workspace does not have yet; returns how many."""
-    import pyarrow.compute as pc
-
     if heldout is None:
         return 0
-    known = state.ws.read("prompts", ["prompt_id"]).column("prompt_id")
-    heldout = heldout.filter(pc.invert(pc.is_in(heldout.column("prompt_id"), value_set=known)))
+    heldout = _new_prompts(state.ws, heldout)
     if heldout.num_rows:
         state.ws.write_part("prompts", "heldout-" + _digest(sorted(heldout.column("prompt_id").to_pylist())),
                             heldout)
     return heldout.num_rows
 
 
+def _new_prompts(ws: Workspace, prompts):
+    """The rows of `prompts` the workspace lacks; refuses a stored prompt whose content changed."""
+    import pyarrow.compute as pc
+
+    from prefdata.rebuild import CONTENT, refuse_changed_prompts
+
+    known = ws.read("prompts", ["prompt_id", *CONTENT])
+    refuse_changed_prompts(known, prompts, ws.root)
+    return prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=known.column("prompt_id"))))
+
+
 def step_generate(state: BuildState) -> BuildState:
     """Sample the policy and/or other model, as the scenarios need; cached by work key."""
-    from prefdata.generate import generate_candidates, write_reference_candidates
+    from prefdata.generate import generate_candidates, reference_candidates, write_reference_candidates
 
     origins = state.cfg.origins()
     state.summary["generation"] = {}
@@ -162,6 +167,7 @@ def step_generate(state: BuildState) -> BuildState:
                   f"({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
     if "reference" in origins:
         written = write_reference_candidates(state.ws, state.prompts)
+        state.work_keys |= set(reference_candidates(state.prompts).column("work_key").to_pylist())
         state.summary["generation"]["reference"] = {"candidates_written": written}
     return state
 
@@ -194,8 +200,9 @@ def step_judge(state: BuildState) -> BuildState:
     finally:
         getattr(judge, "close", lambda: None)()
     prompt_ids = state.prompts.column("prompt_id").to_pylist()
+    # this build's rows only: older settings' rows (kept for other datasets) are not its candidates
     candidates = state.ws.read_polars("candidates").filter(pl.col("prompt_id").is_in(prompt_ids)).filter(
-        pl.col("work_key").is_in(list(state.work_keys)) | (pl.col("origin") == "reference"))
+        pl.col("work_key").is_in(list(state.work_keys)))
     verdicts = state.ws.read_polars("judgments").filter(
         (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
         "candidate_id", "score", "correct", "status")
@@ -212,6 +219,7 @@ def step_judge(state: BuildState) -> BuildState:
 def step_select(state: BuildState) -> BuildState:
     """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
     from prefdata.mix import mix_pairs
+    from prefdata.rebuild import no_pairs_error
     from prefdata.select import SelectConfig, select_pairs
 
     cfg = state.cfg
@@ -228,9 +236,8 @@ def step_select(state: BuildState) -> BuildState:
     pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
         else per_scenario[cfg.scenarios[0]]
     if pairs.height == 0:
-        raise PrefdataError(f"no pairs survived selection for {cfg.name} (drops: {drops})",
-                            "use more prompts (--limit), more samples (--n) or a lower --min-margin")
-    state.ws.write_part("pairs", cfg.name, pairs.to_arrow())
+        raise no_pairs_error(cfg.name, drops, _unscored_outputs(state))
+    state.ws.write_part("pairs", cfg.name, _keep_reference_logps(state.ws, cfg.name, pairs.to_arrow()))
     state.pairs[cfg.name] = pairs
     state.summary["dropped"] = drops
     state.summary["pairs"] = {cfg.name: pairs.height}
@@ -238,6 +245,50 @@ def step_select(state: BuildState) -> BuildState:
         state.summary["mix"] = pairs.group_by("scenario").len().sort("scenario").to_dicts()
     state.log(f"pairs: {pairs.height} in dataset {cfg.name}")
     return state
+
+
+def _unscored_outputs(state: BuildState) -> list[str]:
+    """The judge's raw output for this build's unscored candidates (why it gave no score)."""
+    import polars as pl
+
+    ids = state.scored.filter(pl.col("score").is_null())["candidate_id"]
+    if ids.len() == 0:
+        return []
+    judge = state.summary.get("judging", {})
+    rows = state.ws.read_polars("judgments", ["candidate_id", "judge_name", "judge_version", "raw_output"]).filter(
+        pl.col("candidate_id").is_in(ids.implode()) & (pl.col("judge_name") == judge.get("judge"))
+        & (pl.col("judge_version") == judge.get("version")))
+    return [text[:120] for text in rows["raw_output"].drop_nulls().to_list()]
+
+
+def _keep_reference_logps(ws: Workspace, name: str, new):
+    """Rebuilding a dataset to the same pairs keeps the reference log-probs already scored for
+    them (a pair id is a hash of its dataset and candidate ids, so the same id means the same
+    texts); only new pairs start unscored."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = ws.table_dir("pairs") / f"part-{name}.parquet"
+    if not path.is_file():
+        return new
+    old = pq.read_table(path)
+    scored = old.filter(pc.is_valid(old["ref_model_hash"]))
+    if scored.num_rows == 0:
+        return new
+    from prefdata.schemas import conform
+
+    new = conform("pairs", new)
+    index = {pid: i for i, pid in enumerate(scored["pair_id"].to_pylist())}
+    rows = [index.get(pid, -1) for pid in new["pair_id"].to_pylist()]
+    take = pa.array([max(r, 0) for r in rows])
+    found = pa.array([r >= 0 for r in rows])
+    for column in ("ref_chosen_logp", "ref_rejected_logp", "ref_chosen_logp_mean", "ref_rejected_logp_mean",
+                   "chosen_tokens", "rejected_tokens", "ref_model_hash"):
+        at = new.schema.get_field_index(column)
+        values = pc.if_else(found, scored[column].take(take), new[column])
+        new = new.set_column(at, new.schema.field(column), values.cast(new.schema.field(column).type))
+    return new
 
 
 def _with_train_tokens(scored, cfg: BuildConfig, column: str):
@@ -267,6 +318,9 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     started = time.time()
     if cfg.quiet:
         _silence_library_progress()
+    from prefdata.check import refuse_if_damaged
+
+    refuse_if_damaged(Path(workspace))  # before the lock: a damaged workspace is left exactly as it was
     ws = Workspace.create(workspace)
     with ws.writer():
         if ws.recovered_lock_from:
@@ -316,12 +370,6 @@ def format_summary(summary: dict) -> str:
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
     return "\n".join(lines)
-
-
-def _array(values):
-    import pyarrow as pa
-
-    return pa.array(sorted(values), pa.string())
 
 
 def _digest(values) -> str:

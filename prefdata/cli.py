@@ -308,14 +308,18 @@ def query(
 ) -> None:
     """Run read-only DuckDB SQL over a workspace's tables.
 
+    Only SELECT (and EXPLAIN SELECT) runs, and DuckDB is confined to the workspace's table
+    parts: other files, extensions, ATTACH, COPY and settings changes are refused (see
+    docs/security.md). --output must lie outside the workspace.
+
     Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
     """
-    from prefdata.query import run_query, write_result
+    from prefdata.query import output_path, run_query, write_result
     from prefdata.store import Workspace
 
-    _check_output_path(output)
-    result = run_query(Workspace.open(workspace), sql)
-    text = write_result(result, format.value, output)
+    ws = Workspace.open(workspace)
+    target = output_path(ws, output) if output is not None else None
+    text = write_result(run_query(ws, sql), format.value, target)
     if text is not None:
         typer.echo(text, nl=not text.endswith("\n"))
 
@@ -333,6 +337,36 @@ def info(
 
     summary = workspace_info(Workspace.open(workspace))
     typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
+
+
+@app.command()
+def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
+    """Verify a workspace: parts readable and matching the manifest's sha256 and schemas/, every pair's
+    candidates and prompt present. Prints each fault; exits 2 if there is one."""
+    from prefdata.check import faults, open_for_check
+
+    found = faults(open_for_check(workspace))
+    for fault in found:
+        typer.echo(f"fault: {fault}")
+    if found:
+        raise PrefdataError(f"workspace {workspace} has {len(found)} fault(s), listed above; the first: {found[0]}",
+                            "move damaged files out of the workspace and re-run the build that wrote them")
+    typer.echo(f"{workspace}: ok")
+
+
+@app.command()
+def gc(
+    workspace: Path = typer.Argument(..., help="Workspace directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be freed."),
+) -> None:
+    """Remove candidates and judgments that no stored dataset's pairs refer to (builds never do).
+
+    Keeps all samples of each generation setting some pair was drawn from, their verdicts, all prompts and pairs.
+    """
+    from prefdata.gc import collect
+    from prefdata.store import Workspace
+
+    typer.echo(collect(Workspace.open(workspace), dry_run=dry_run).text(workspace))
 
 
 @toy_app.command("train")
@@ -376,14 +410,6 @@ def toy_data(
     typer.echo(str(write_split(out, split, n, seed=seed)))
 
 
-def _check_output_path(output: Optional[Path]) -> None:
-    if output is not None and output.is_dir():
-        raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
-    if output is not None and not output.parent.is_dir():
-        raise PrefdataError(f"directory {output.parent} does not exist (or is not a directory)",
-                            "create it or choose another --output")
-
-
 def main() -> None:
     """Entry point: turns PrefdataError into one line on stderr and its exit code.
 
@@ -392,6 +418,9 @@ def main() -> None:
     # transformers logs advisory warnings to stderr (e.g. about a config's model type) that would
     # break the one-line error contract; its errors still show. TRANSFORMERS_VERBOSITY=warning restores them.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from prefdata.procs import EXIT_TERMINATED, Terminated, handle_termination, stop_descendants
+
+    handle_termination()
     try:
         app()
     except PrefdataError as err:
@@ -402,6 +431,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)
+    except Terminated:
+        typer.echo("terminated; re-run the same command to resume", err=True)
+        stop_descendants()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Everything that matters is closed by now (parts are renamed into place or not at
+        # all); the interpreter's own teardown after a loaded engine can take 10 s or more,
+        # and whoever sent SIGTERM is waiting for us to go.
+        os._exit(EXIT_TERMINATED)
+    finally:
+        # Engines, judge workers: whatever the command started ends with it, however it ends.
+        stop_descendants()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Exit codes (documented in README.md):
     2  bad input: a file, option, model or config the user can correct
     3  the workspace is locked by another running writer
     4  training diverged (NaN or infinite loss); last good checkpoint kept
+    5  a model engine process died under the command (prefdata.procs.ProcessDied)
 """
 
 from __future__ import annotations

@@ -61,6 +61,9 @@ def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
     if not isinstance(ws, Workspace):
         ws = Workspace.open(ws)
     out = Path(out_dir)
+    if ws.contains(out):  # a dataset named part-x would land in pairs/ as a part; export never writes the workspace
+        raise PrefdataError(f"output directory {out} is inside the workspace {ws.root}",
+                            "give --out a directory outside the workspace")
     if out.exists() and not out.is_dir():
         raise PrefdataError(f"output path {out} is a file, not a directory",
                             "give --out a directory (it is created if missing)")

@@ -1,9 +1,18 @@
 """DuckDB over a workspace: one read-only view per table.
 
-The views are created in a throwaway database file which is then re-opened
-read-only, and only query statements (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE,
-EXPLAIN) are accepted, so `prefdata query` can neither change the workspace nor
-write files (no COPY ... TO, no EXPORT, no ATTACH).
+Two independent walls keep `prefdata query` inside the workspace:
+
+* only query statements (SELECT, EXPLAIN [ANALYZE] SELECT) are accepted, checked
+  before DuckDB runs anything (`check_read_only`);
+* the connection itself is confined by DuckDB's own settings, set before the
+  user's SQL and then locked (`lock_configuration`): external access is off and
+  the only files DuckDB may open are the table parts the views read
+  (`allowed_paths`), so read_csv/read_text/glob/... of any other file, INSTALL,
+  LOAD of an extension that is not built in, ATTACH, COPY and EXPORT fail, and
+  no SET or RESET can undo it.
+
+The views live in a throwaway database file (outside the workspace) that is
+re-opened read-only. docs/security.md lists these guarantees and their tests.
 
 >>> run_query(Workspace.open("ws"), "SELECT scenario, count(*) FROM pairs GROUP BY 1")  # doctest: +SKIP
 """
@@ -30,20 +39,36 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# Set on the read-only connection before any user SQL. Order matters: allowed_paths must be
+# set while external access is still on, and lock_configuration last, so that no later
+# SET/RESET/PRAGMA (ours or the user's) can change any of them.
+_CONFINE = (
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET python_enable_replacements = false",  # no scanning of Python variables by name
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+
+
 @contextlib.contextmanager
 def connect(ws: Workspace) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
-    """A read-only DuckDB connection with a view per table (a snapshot of the parts now on disk)."""
+    """A read-only DuckDB connection with a view per table (a snapshot of the parts now on disk),
+    confined to the files those views read (see the module docstring)."""
     import duckdb
 
     with tempfile.TemporaryDirectory(prefix="prefdata-query-") as tmp:
         db_path = Path(tmp) / "views.duckdb"
         setup = duckdb.connect(str(db_path))
+        readable = []
         for table in TABLES:
-            paths = [str(p.resolve()) for p in ws.parts(table)]
+            paths = [str(p.resolve()) for p in ws.parts(table)]  # ws.parts refuses symlinked parts
             if not paths:  # an empty, correctly typed view rather than a missing one
                 stub = Path(tmp) / f"{table}-empty.parquet"
                 pq.write_table(empty(table), stub)
                 paths = [str(stub)]
+            readable += paths
             files = "[" + ", ".join(_sql_string(p) for p in paths) + "]"
             try:
                 setup.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({files})")
@@ -55,6 +80,11 @@ def connect(ws: Workspace) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F8
         setup.close()
         con = duckdb.connect(str(db_path), read_only=True)
         try:
+            # DuckDB spills large sorts and joins here rather than into ./.tmp, which may be the workspace.
+            con.execute(f"SET temp_directory = {_sql_string(str(Path(tmp) / 'spill'))}")
+            con.execute(f"SET allowed_paths = [{', '.join(_sql_string(p) for p in readable)}]")
+            for statement in _CONFINE:
+                con.execute(statement)
             yield con
         finally:
             con.close()
@@ -102,6 +132,11 @@ def run_query(ws: Workspace, sql: str) -> pa.Table:
                 result = con.sql(statement.query).to_arrow_table()
         except duckdb.Error as err:
             first_line = str(err).splitlines()[0]
+            if isinstance(err, duckdb.PermissionException) or "configuration has been locked" in first_line:
+                raise PrefdataError(f"query refused: {first_line}",
+                                    "prefdata query reads only the workspace's tables, through the views "
+                                    f"{', '.join(TABLES)}, and cannot open other files, load extensions, "
+                                    "change settings or write") from None
             raise PrefdataError(f"query failed: {first_line}",
                                 f"the views are: {', '.join(TABLES)}") from None
     return result
@@ -129,22 +164,56 @@ def format_text_table(table: pa.Table, max_rows: int = 50, max_width: int = 60) 
     return "\n".join(out)
 
 
+def output_path(ws: Workspace, output: str | Path) -> Path:
+    """The file `--output` names, symlinks resolved (the result is written to the file a link
+    points at). Refused: a path inside the workspace (a query never changes it), a directory
+    or other non-regular file, a missing parent directory."""
+    try:
+        target = Path(output).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise PrefdataError(f"cannot resolve output path {output}: {err}", "give --output a plain file path") from None
+    if ws.contains(target):
+        raise PrefdataError(f"output path {output} is inside the workspace {ws.root}",
+                            "write query results outside the workspace (prefdata query never changes it)")
+    if target.is_dir():
+        raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
+    if target.exists() and not target.is_file():
+        raise PrefdataError(f"output path {output} exists and is not a regular file",
+                            "give --output a new or regular file path")
+    if not target.parent.is_dir():
+        raise PrefdataError(f"directory {Path(output).parent} does not exist (or is not a directory)",
+                            "create it or choose another --output")
+    return target
+
+
 def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
-    """Write a query result as csv, json (JSON Lines) or parquet; returns text for stdout, if any."""
+    """Write a query result as csv, json (JSON Lines) or parquet; returns text for stdout, if any.
+
+    A file is written to a temp file beside it and renamed into place, so a failed write
+    leaves whatever was at `output` before untouched."""
+    from prefdata.store import atomic_write_bytes, atomic_write_parquet
+
     if fmt not in OUTPUT_FORMATS:
         raise PrefdataError(f"unknown output format {fmt!r}", f"use one of: {', '.join(OUTPUT_FORMATS)}")
-    if fmt == "table":
-        return format_text_table(table)
-    if fmt == "parquet":
-        if output is None:
-            raise PrefdataError("--format parquet needs a file", "add --output result.parquet")
-        pq.write_table(table, output)
-        return None
+    if fmt == "parquet" and output is None:
+        raise PrefdataError("--format parquet needs a file", "add --output result.parquet")
     import polars as pl
 
-    frame = pl.from_arrow(table)
-    text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()
+    try:
+        if fmt == "parquet":
+            atomic_write_parquet(Path(output), table)
+            return None
+        if fmt == "table":
+            text = format_text_table(table) + "\n"
+        else:
+            frame = pl.from_arrow(table)
+            text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()
+    except (pa.ArrowException, pl.exceptions.PolarsError) as err:  # e.g. an INTERVAL column, nested CSV
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PrefdataError(f"cannot write the result as {fmt}: {first}",
+                            "cast that column in the query (e.g. CAST(col AS VARCHAR)) or pick another --format"
+                            ) from None
     if output is None:
         return text
-    Path(output).write_text(text)
+    atomic_write_bytes(Path(output), text.encode())
     return None

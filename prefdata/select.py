@@ -25,7 +25,12 @@ by prompt, in numpy. The rules:
   prompt from numpy's PCG64(seed), in prompt_id order over the prompts that
   have one: reproducible for a given seed and input;
 - a pair is kept only with margin > 0 and margin >= min_margin, and with
-  chosen text != rejected text (whitespace-normalised).
+  chosen text != rejected text (whitespace-normalised);
+- a prompt is set aside whole when a candidate of the scenario's origins has a failed
+  judgment (``judge_failed``: parse_error or timeout), or, for judges that read the text
+  (llm, reward model; ``screen_injection``), a response that addresses the judge
+  (``suspect_injection``, `prefdata.injection`): pairing the rest would let that
+  candidate escape the rejected side;
 - with ``decontaminate_chosen``, a pair whose chosen response shares an n-gram
   with an evaluation item is dropped as ``contaminated`` (`prefdata.hygiene`;
   the build drops contaminated and near-duplicate prompts before generation).
@@ -44,6 +49,7 @@ import pyarrow as pa
 
 from prefdata import filters as F
 from prefdata.errors import PrefdataError
+from prefdata.injection import suspect_injection
 
 KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
 # scenario -> ((chosen origin, pick), (rejected origin, pick)); "other" follows cfg.other_pick
@@ -67,6 +73,8 @@ class SelectConfig:
     other_pick: str = "worst"  # "worst" | "random": which other-model sample is rejected (3, 4)
     seed: int = 0  # for other_pick="random"
     dataset: str | None = None  # default "scenario<N>"
+    # "auto": on for judges that read the response as text (llm, reward model), off for the verifier
+    screen_injection: str = "auto"  # "auto" | "on" | "off"
     # data hygiene (prefdata.hygiene): evaluation sets in [source] syntax (a string: its test split);
     # prompts sharing a decontaminate_n-word run with one, or with a held-out prompt, are dropped
     # before generation (reason contaminated), as are pairs whose chosen response does, if
@@ -138,6 +146,8 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
                             "add token counts with filters.add_token_counts first")
     if cfg.other_pick not in ("worst", "random"):
         raise PrefdataError(f"other_pick {cfg.other_pick!r} is unknown", "use worst or random")
+    if cfg.screen_injection not in ("auto", "on", "off"):
+        raise PrefdataError(f"select.screen_injection {cfg.screen_injection!r} is unknown", "use auto, on or off")
     names = df["judge_name"]
     if names.len() and ((names != names.first()).any() or 0 < names.null_count() < names.len()):
         raise PrefdataError(f"candidates are scored by several judges {sorted(names.drop_nulls().unique())}",
@@ -163,7 +173,11 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
 
 def pair_rules(scenario: int, cfg: SelectConfig, eval_index=None) -> list[F.Rule]:
     (c_origin, _), (r_origin, _) = ROLES[scenario]
-    rules = [(f"no_{c_origin}", F.is_missing("chosen")), (f"no_{r_origin}", F.is_missing("rejected"))]
+    # First: a prompt whose candidates could not all be judged, or one of which talks to the
+    # judge, has no trustworthy best or worst; pairing the rest would let the failed one
+    # escape (an injected response that broke the judge is never picked as the rejected side).
+    rules = [("judge_failed", pl.col("_judge_failed")), ("suspect_injection", pl.col("_suspect_injection"))]
+    rules += [(f"no_{c_origin}", F.is_missing("chosen")), (f"no_{r_origin}", F.is_missing("rejected"))]
     if c_origin == "reference":
         rules.append(("reference_incorrect", F.is_reference_incorrect()))
     if scenario in cfg.uniform_scenarios:
@@ -249,6 +263,31 @@ def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score
     return stats
 
 
+FAILED_STATUSES = ("parse_error", "timeout")  # the judge could not give a verdict (not the response's fault)
+
+
+def _screens(cfg: SelectConfig, judge_name: str) -> bool:
+    if cfg.screen_injection == "auto":
+        return bool(judge_name) and judge_name != "verifier"
+    return cfg.screen_injection == "on"
+
+
+def _untrusted_prompts(df: pl.DataFrame, origins: tuple[str, ...], first_rows: np.ndarray,
+                       screen: bool) -> dict[str, np.ndarray]:
+    """Per prompt: has a candidate of the scenario's origins a failed judgment
+    (``_judge_failed``), or a text that addresses the judge (``_suspect_injection``)?"""
+    in_play = df["origin"].is_in(list(origins)).fill_null(False)
+    failed = in_play & (df["status"].is_in(list(FAILED_STATUSES)).fill_null(False)
+                        if "status" in df.columns else False)
+    suspect = (in_play & df.select(suspect_injection()).to_series()) if screen else in_play & False
+    out = {}
+    for name, mask in (("_judge_failed", failed), ("_suspect_injection", suspect)):
+        mask = mask.to_numpy()
+        out[name] = (np.add.reduceat(mask, first_rows) > 0 if len(first_rows)
+                     else np.zeros(0, bool))
+    return out
+
+
 def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConfig = SelectConfig(),
                  eval_index=None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Pairs (pairs-schema columns, sorted by prompt_id) and drop counts per reason.
@@ -296,7 +335,8 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
         rows = np.flatnonzero(of_origin(name))
         return rows, g_all[rows], score_all[rows]
 
-    columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
+    columns = {"_g": np.arange(n_groups), "_first_row": first_rows,
+               **_untrusted_prompts(df, (c_origin, r_origin), first_rows, _screens(cfg, judge_name))}
     for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
         rows, g, score = candidates_of(origin)
         if how == "random":

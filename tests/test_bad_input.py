@@ -342,6 +342,10 @@ CASES = [
     Case("info-incompatible-schema", ("info", "{ws}"), r"schema version 999", (setup_manifest_future,)),
     Case("info-corrupted-part", ("info", "{ws}"), r"judge-a", (setup_corrupt_part,)),
     # ---- export ----
+    Case("check-missing-workspace", ("check", "{tmp}/nope"), r"no workspace at"),
+    Case("check-corrupted-part", ("check", "{ws}"), r"judge-a", (setup_corrupt_part,)),
+    Case("gc-missing-workspace", ("gc", "{tmp}/nope"), r"no workspace at"),
+    Case("gc-corrupted-manifest", ("gc", "{ws}"), r"not valid JSON", (setup_manifest_garbage,)),
     Case("export-output-is-a-file", ("export", "{ws}", "--out", "{tmp}/afile"), r"afile.*is a file",
          (setup_output_dir,)),
     Case("export-unknown-format", ("export", "{ws}", "--out", "{tmp}/out", "--format", "bogus"),

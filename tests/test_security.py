@@ -1,7 +1,8 @@
-"""Security guarantees: no remote code, no pickle weights, a read-only query, no path escapes,
-judge verdicts that a response cannot forge.
+"""Security guarantees: no remote code, no pickle weights, a read-only query confined to the
+workspace, read commands that never change it, no path escapes, judge verdicts that a response
+cannot forge. docs/security.md has the threat model and maps each guarantee to its tests.
 
-Also covered elsewhere (see docs/reliability.md):
+Also covered elsewhere:
 * tests/test_query.py::test_writes_refused (CREATE/DROP/COPY/INSERT/ATTACH refused);
 * tests/judge/test_llm_judge.py::test_adversarial_response_cannot_set_the_score and
   ::test_response_is_enclosed_exactly_once_whatever_it_contains;
@@ -227,6 +228,117 @@ def test_query_explain_of_a_select_still_works(tmp_path):
     ws = Workspace.open(_template_workspace(tmp_path / "ws"))
     assert run_query(ws, "EXPLAIN SELECT count(*) FROM pairs").num_rows >= 1
     assert run_query(ws, "EXPLAIN ANALYZE SELECT count(*) FROM pairs").num_rows >= 1
+
+
+# -- query is confined to the workspace, through the real CLI -------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('/etc/passwd', header=false)",
+    "SELECT * FROM read_json('{outside}/secret.json')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_blob('/etc/hostname')",
+    "SELECT * FROM read_parquet('{outside}/secret.parquet')",
+    "SELECT * FROM glob('/etc/*')",
+], ids=["read_csv", "read_json", "read_text", "read_blob", "read_parquet", "glob"])
+def test_query_cli_cannot_read_outside_the_workspace(sql, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_bad_input import _template_workspace
+
+    ws = _template_workspace(tmp_path / "ws")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text('{"token": "secret-value"}\n')
+    pq.write_table(pa.table({"token": ["secret-value"]}), outside / "secret.parquet")
+    result = run_cli(["query", ws, sql.format(outside=outside)], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "query refused" in one_error_line(result) and result.stdout == ""
+    assert "secret-value" not in result.stderr and "root:" not in result.stderr
+
+
+def test_query_output_cannot_overwrite_a_part(tmp_path):
+    """The issue's repro: a read command used to replace a stored pairs part with its result."""
+    from tests.test_bad_input import _template_workspace, snapshot
+
+    ws = _template_workspace(tmp_path / "ws")
+    before = snapshot(ws)
+    for target in (ws / "pairs" / "part-scenario2.parquet", ws / "pairs" / "part-new.parquet", ws / "manifest.json"):
+        result = run_cli(["query", ws, "SELECT 1 AS x", "--format", "parquet", "--output", target], tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "inside the workspace" in one_error_line(result)
+    assert snapshot(ws) == before
+
+
+def _readers(ws: Path, tiny_model: Path, out: Path) -> dict[str, list]:
+    """Every command that reads a workspace, pointed at `ws` (cheap forms: each must refuse first)."""
+    return {
+        "info": ["info", ws], "query": ["query", ws, "SELECT count(*) FROM pairs"],
+        "export": ["export", ws, "--out", out], "report": ["report", ws],
+        "build": ["build", ws, "--scenario", "2", "--policy-model", tiny_model, "--backend", "transformers",
+                  "--limit", "2", "--n", "1", "--max-tokens", "4", "--quiet"],
+        "score": ["score", ws, "--model", tiny_model, "--device", "cpu"],
+        "train": ["train", ws, "--scenario", "2", "--model", tiny_model, "--device", "cpu", "--max-steps", "1"],
+    }
+
+
+@pytest.mark.parametrize("command, how", [(c, "part") for c in ("info", "query", "export", "report", "build",
+                                                                "score", "train")]
+                         + [("info", "folder"), ("query", "folder")])
+def test_every_reader_refuses_a_symlinked_part_or_table(command, how, tmp_path, tiny_model):
+    import pyarrow.parquet as pq
+
+    from tests.test_bad_input import _template_workspace, snapshot
+
+    ws = _template_workspace(tmp_path / "ws")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if how == "part":  # a valid pairs part that lives elsewhere: it would be read without a word
+        bad = ws / "pairs" / "part-foreign.parquet"
+        pq.write_table(pq.read_table(ws / "pairs" / "part-scenario2.parquet"), outside / "foreign.parquet")
+        bad.symlink_to(outside / "foreign.parquet")
+    else:
+        bad = ws / "judgments"
+        (ws / "judgments").rename(outside / "judgments")
+        bad.symlink_to(outside / "judgments", target_is_directory=True)
+    before, before_outside = snapshot(ws), snapshot(outside)
+    result = run_cli(_readers(ws, tiny_model, tmp_path / "exported")[command], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert str(bad) in line and "symbolic link" in line, line
+    assert snapshot(ws) == before and snapshot(outside) == before_outside
+    assert not (tmp_path / "exported").exists()
+
+
+def test_read_commands_write_nothing_but_their_documented_outputs(tmp_path, tiny_model):
+    """query, info, export and report on a workspace with a trained run: every file under the
+    workspace keeps its bytes, except report's runs/combined.{json,txt}."""
+    from tests.test_bad_input import _template_workspace, snapshot
+
+    ws = _template_workspace(tmp_path / "ws")
+    trained = run_cli(["train", ws, "--scenario", "2", "--model", tiny_model, "--device", "cpu", "--max-steps", "1",
+                       "--batch-size", "2", "--eval-every", "1", "--checkpoint-every", "0"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    before = snapshot(ws)
+    out = tmp_path / "results"
+    out.mkdir()
+    commands = [
+        ["query", ws, "SELECT dataset, count(*) FROM pairs GROUP BY 1"],
+        ["query", ws, "SELECT * FROM pairs", "--format", "parquet", "--output", out / "pairs.parquet"],
+        ["query", ws, "SELECT prompt_id FROM prompts", "--format", "csv", "-o", out / "prompts.csv"],
+        ["info", ws], ["info", ws, "--json"],
+        ["export", ws, "--out", out / "trl"],
+        ["report", ws],
+    ]
+    for args in commands:  # run from inside the workspace: nothing may land in the working directory
+        result = run_cli(args, ws)
+        assert result.returncode == 0, (args, result.stderr[-3000:])
+    after = snapshot(ws)
+    changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+    assert changed == ["runs/combined.json", "runs/combined.txt"], changed
+    assert sorted(p.name for p in out.iterdir()) == ["pairs.parquet", "prompts.csv", "trl"]
+    refused = run_cli(["export", ws, "--out", ws / "pairs"], tmp_path)  # export's --out inside: refused
+    assert refused.returncode == 2 and "inside the workspace" in one_error_line(refused)
+    assert snapshot(ws) == after
 
 
 # -- names cannot escape their directory ----------------------------------------------------------------

@@ -169,3 +169,106 @@ def test_readers_never_see_partial_parts(tmp_path):
             i += 1
     out, _ = reader.communicate(timeout=60)
     assert reader.returncode == 0 and out.startswith("ok"), out
+
+
+# -- a workspace from someone else cannot point prefdata outside it (docs/security.md) -------------------
+def _workspace_with_a_foreign_entry(tmp_path, how: str) -> tuple[Workspace, Path]:
+    """A workspace whose prompts part (or folder, manifest) is replaced by a link or a FIFO."""
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("prompts", "a", prompts(3))
+        ws.write_manifest()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pq.write_table(prompts(7, start=100), outside / "part-a.parquet")
+    part = ws.parts("prompts")[0]
+    if how == "part symlink":
+        part.unlink()
+        part.symlink_to(outside / "part-a.parquet")
+        return ws, part
+    if how == "relative part symlink":
+        part.unlink()
+        part.symlink_to(Path("..") / ".." / "outside" / "part-a.parquet")
+        return ws, part
+    if how == "table folder symlink":
+        folder = ws.root / "prompts"
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+        folder.symlink_to(outside, target_is_directory=True)
+        return ws, folder
+    if how == "part fifo":
+        part.unlink()
+        os.mkfifo(part)  # a reader would block on it forever
+        return ws, part
+    if how == "manifest symlink":
+        manifest = ws.root / "manifest.json"
+        (outside / "manifest.json").write_bytes(manifest.read_bytes())
+        manifest.unlink()
+        manifest.symlink_to(outside / "manifest.json")
+        return ws, manifest
+    raise AssertionError(how)
+
+
+FOREIGN = ["part symlink", "relative part symlink", "table folder symlink", "part fifo", "manifest symlink"]
+
+
+@pytest.mark.parametrize("how", FOREIGN)
+def test_symlinked_or_special_entries_are_refused(tmp_path, how):
+    ws, bad = _workspace_with_a_foreign_entry(tmp_path, how)
+    with pytest.raises(PrefdataError) as err:
+        Workspace.open(ws.root)
+    assert str(bad) in str(err.value) and ("symbolic link" in str(err.value) or "not a regular file" in str(err.value))
+    reads = (ws.manifest,) if how == "manifest symlink" else (
+        lambda: ws.read("prompts"), lambda: ws.count("prompts"), lambda: ws.parts("prompts"))
+    for read in reads:
+        with pytest.raises(PrefdataError, match="symbolic link|not a regular file"):
+            read()
+    with ws.writer():  # nothing is written through a link: a folder link is refused, a part link replaced
+        if how == "table folder symlink":
+            with pytest.raises(PrefdataError, match="symbolic link"):
+                ws.write_part("prompts", "a", prompts(1))
+        elif how != "manifest symlink":
+            ws.write_part("prompts", "a", prompts(1))
+            assert Workspace.open(ws.root).count("prompts") == 1
+    assert pq.read_table(tmp_path / "outside" / "part-a.parquet").num_rows == 7
+    assert sorted(p.name for p in (tmp_path / "outside").iterdir()) in (["part-a.parquet"],
+                                                                        ["manifest.json", "part-a.parquet"])
+
+
+def test_a_symlinked_workspace_root_is_fine(tmp_path):
+    """The user's own path to the workspace may be a link; only what is inside is checked."""
+    ws = Workspace.create(tmp_path / "real")
+    with ws.writer():
+        ws.write_part("prompts", "a", prompts(2))
+        ws.write_manifest()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    linked = Workspace.open(tmp_path / "link")
+    assert linked.count("prompts") == 2
+    assert linked.contains(tmp_path / "real" / "prompts") and ws.contains(tmp_path / "link" / "x.csv")
+    assert not ws.contains(tmp_path / "real-sibling") and not ws.contains(tmp_path)
+
+
+def test_a_planted_lock_symlink_is_not_followed(tmp_path):
+    """Taking the writer lock truncates .lock; a .lock that links to a user file must not
+    truncate that file."""
+    ws = Workspace.create(tmp_path / "ws")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (ws.root / ".lock").symlink_to(victim)
+    with pytest.raises(PrefdataError, match=r"lock file .*\.lock.*symbolic link"):
+        with ws.writer():
+            pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_failed_atomic_writes_keep_the_old_file_and_leave_no_temp(tmp_path):
+    from prefdata.store import atomic_write_bytes, atomic_write_parquet
+
+    target = tmp_path / "file.parquet"
+    target.write_bytes(b"old")
+    with pytest.raises(pa.ArrowNotImplementedError):  # Parquet has no month_day_nano interval
+        atomic_write_parquet(target, pa.table({"gap": pa.array([(1, 2, 3)], pa.month_day_nano_interval())}))
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, "not bytes")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["file.parquet"]

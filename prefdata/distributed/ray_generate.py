@@ -6,8 +6,8 @@ slice per actor (sizes differ by at most one, nothing dropped), runs the slices 
 Ray actors that each hold a real backend (vLLM on a GPU, or transformers), and returns
 the completions in request order. The single-process stage `generate_candidates` runs
 unchanged around it on the driver: it holds the workspace writer lock, computes the work
-keys, skips what is cached, writes each shard as one atomic content-keyed part, prunes
-and writes the manifest. So a Ray run writes exactly the rows a single-process run
+keys, skips what is cached, writes each shard as one atomic content-keyed part and
+writes the manifest. So a Ray run writes exactly the rows a single-process run
 writes (a prompt's samples depend only on its seed, never on its batch), and resumes
 from the same parts: killing the driver loses at most the shard in flight; a
 dead actor fails the run, and the next run redoes only the missing shards.
@@ -74,7 +74,7 @@ class _EngineActor:
     """Holds one backend (made by `make_backend` from the run's config) for the actor's lifetime."""
 
     def __init__(self, cfg: GenerationConfig, model_hash: str):
-        from prefdata.generate.base import make_backend
+        from prefdata.generate.registry import make_backend
         from prefdata.generate.model import load_tokenizer
 
         _threads_for_actor()
@@ -105,7 +105,7 @@ class RayBackend(Backend):
     def __init__(self, cfg: GenerationConfig, model_hash: str, actors: int = 2, address: str | None = None,
                  actor_options: dict | None = None):
         from prefdata.errors import PrefdataError
-        from prefdata.generate.base import resolve_backend_name
+        from prefdata.generate.registry import resolve_backend_name
 
         if actors < 1:
             raise PrefdataError(f"actors={actors}", "use at least one Ray actor")

@@ -13,7 +13,8 @@ Public API::
 Importing this package does not import torch, transformers or vLLM.
 """
 
-from prefdata.generate.base import Backend, Completion, Request, make_backend
+from prefdata.generate.base import Backend, Completion, Request
+from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig, SamplingConfig
 from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
 from prefdata.generate.reference import reference_candidates, write_reference_candidates
@@ -22,7 +23,7 @@ from prefdata.generate.stage import (GenerationStats, candidate_id, generate_can
 
 __all__ = [
     "Backend", "Completion", "GenerationConfig", "GenerationStats", "Request", "SamplingConfig",
-    "candidate_id", "generate_candidates", "load_tokenizer", "make_backend", "model_hash", "prompt_seed",
+    "candidate_id", "generate_candidates", "load_tokenizer", "make_backend", "model_hash", "prompt_seed", "resolve_backend_name",
     "reference_candidates", "render", "template_hash", "validate_model_dir", "work_key",
     "write_reference_candidates",
 ]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from prefdata.errors import PrefdataError
-from prefdata.generate.config import GenerationConfig, SamplingConfig
+from prefdata.generate.config import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -57,33 +56,3 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def resolve_backend_name(name: str) -> str:
-    if name != "auto":
-        return name
-    import importlib.util
-
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
-
-
-def make_backend(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:
-    """The backend named by `cfg.backend` ("auto": vLLM when installed, else transformers)."""
-    name = resolve_backend_name(cfg.backend)
-    if name == "vllm":
-        from prefdata.generate.vllm_backend import VLLMBackend
-
-        return VLLMBackend(cfg.model, model_hash, trust_remote_code=cfg.trust_remote_code,
-                           allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len)
-    if name == "transformers":
-        from prefdata.generate.hf_backend import TransformersBackend
-
-        return TransformersBackend(cfg.model, model_hash, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
-    if name == "openai":
-        from prefdata.generate.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(cfg.model, model_hash, url=cfg.endpoint_url, served_model=cfg.endpoint_model,
-                             api_key_env=cfg.endpoint_api_key_env, concurrency=cfg.endpoint_concurrency,
-                             timeout_s=cfg.endpoint_timeout_s)
-    raise PrefdataError(f"unknown backend {name!r}", "use vllm, transformers, openai or auto")

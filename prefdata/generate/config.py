@@ -68,9 +68,6 @@ class GenerationConfig:
         serve as both without the two sets colliding.
     backend: "vllm", "transformers", "openai", or "auto" (vLLM if importable).
     shard_size: prompts per part file; a killed run loses at most one shard.
-    prune: after the run, drop rows of this origin that the run did not ask
-        for (e.g. samples made with an older temperature), so the candidates
-        table of an origin always mirrors the last run's config.
     batch_size: transformers only: sequences (prompts x n) per `generate` call.
     """
 
@@ -89,7 +86,6 @@ class GenerationConfig:
     allow_pickle: bool = False
     max_model_len: int | None = None
     batch_size: int = 64
-    prune: bool = True
     quiet: bool = False
 
     def __post_init__(self):

@@ -69,14 +69,16 @@ def reference_candidates(prompts: pa.Table, tokenizer=None) -> pa.Table:
 
 
 def write_reference_candidates(ws, prompts: pa.Table, tokenizer=None) -> int:
-    """Write the reference candidates as one part named by their content; returns the row count.
-    Re-running with the same prompts rewrites the same part (no duplicates)."""
+    """Write the reference candidates the workspace lacks as one part named by their content;
+    returns how many were new. References already stored (any prompt set's) are kept: pairs of
+    other datasets may refer to them, and a reference's id is a hash of its text, so a changed
+    reference is a new row, never a rewrite of the old one."""
+    import pyarrow.compute as pc
+
     table = reference_candidates(prompts, tokenizer)
-    key = "reference-" + _h(*sorted(table.column("work_key").to_pylist()))
     with ws.writer():
-        for old in ws.part_keys(TABLE):  # an older prompt set's references are replaced, not kept beside
-            if old.startswith("reference-") and old != key:
-                ws.delete_part(TABLE, old)
+        known = ws.read(TABLE, ["candidate_id"]).column("candidate_id")
+        table = table.filter(pc.invert(pc.is_in(table.column("candidate_id"), value_set=known)))
         if table.num_rows:
-            ws.write_part(TABLE, key, table)
+            ws.write_part(TABLE, "reference-" + _h(*sorted(table.column("work_key").to_pylist())), table)
     return table.num_rows

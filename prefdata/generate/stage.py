@@ -7,7 +7,9 @@ Keys (all sha256, 16 hex):
 
 A work key is the unit of caching: a prompt whose work key is already in the
 candidates table is not generated again, so changing one parameter redoes
-exactly the prompts it touches. The backend is provenance, not part of the
+exactly the prompts it touches. Rows of other work keys (an older temperature,
+another model) stay beside the new ones: another dataset's pairs may refer to
+them. Only `prefdata gc` removes rows, and only those no dataset refers to. The backend is provenance, not part of the
 key: vLLM and transformers draw from the same distribution.
 
 Work is done in shards of `shard_size` prompts; each shard is written as one
@@ -31,7 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request, make_backend, resolve_backend_name
+from prefdata.generate.base import Backend, Request
+from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig
 from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
 from prefdata.schemas import conform
@@ -67,7 +70,6 @@ class GenerationStats:
     prompts_generated: int
     candidates_written: int
     parts_written: int
-    rows_pruned: int
     model_calls: int
     tokens_generated: int
     seconds: float
@@ -92,27 +94,6 @@ def _done_keys(ws: Workspace, origin: str) -> set[str]:
     return done
 
 
-def _prune(ws: Workspace, origin: str, wanted: set[str]) -> int:
-    """Drop rows of `origin` whose work key this run did not ask for. A part is
-    replaced atomically under its own name (or deleted when emptied), so a crash
-    here loses only rows a later run regenerates anyway, and duplicates nothing."""
-    dropped = 0
-    for path in ws.parts(TABLE):
-        keys = pq.read_table(path, columns=["origin", "work_key"])
-        stale = pc.and_(pc.equal(keys["origin"], origin),
-                        pc.invert(pc.is_in(keys["work_key"], pa.array(sorted(wanted), pa.string()))))
-        n_stale = pc.sum(stale).as_py() or 0
-        if not n_stale:
-            continue
-        key = path.name[len("part-"):-len(".parquet")]
-        if n_stale == len(keys):
-            ws.delete_part(TABLE, key)
-        else:
-            ws.write_part(TABLE, key, pq.read_table(path).filter(pc.invert(stale)))
-        dropped += n_stale
-    return dropped
-
-
 def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
                         backend: Backend | None = None) -> GenerationStats:
     """Generate `cfg.sampling.n` candidates per prompt into `ws`'s candidates table.
@@ -126,7 +107,6 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
         if column not in prompts.column_names:
             raise PrefdataError(f"the prompts table has no {column!r} column", "pass a table of the prompts schema")
     if prompts.num_rows == 0:
-        # Refused rather than run: with prune on, an empty run would drop every row of the origin.
         raise PrefdataError("no prompts to generate for", "check the prompts source and its filters")
     remote = resolve_backend_name(cfg.backend) == "openai"
     validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle)
@@ -181,12 +161,11 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
         finally:
             if owned:
                 backend.close()
-        pruned = _prune(ws, cfg.origin, wanted) if cfg.prune else 0
         ws.write_manifest(f"generate-{cfg.origin}", {**cfg.to_dict(), "model_hash": mhash,
                                                      "template_hash": thash, "backend_used": backend_name})
     return GenerationStats(
         prompts=len(wanted), prompts_cached=len(wanted & done), prompts_generated=len(todo),
-        candidates_written=written, parts_written=parts, rows_pruned=pruned, model_calls=calls,
+        candidates_written=written, parts_written=parts, model_calls=calls,
         tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds, backend=backend_name, model_hash=mhash,
         work_keys=frozenset(wanted))
 

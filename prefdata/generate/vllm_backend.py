@@ -17,6 +17,7 @@ from prefdata.errors import PrefdataError
 from prefdata.generate.base import Backend, Completion, Request
 from prefdata.generate.config import SamplingConfig
 from prefdata.generate.model import validate_model_dir
+from prefdata.procs import ProcessDied, descendants, stop_processes, watch_processes
 
 
 def _on_gpu() -> bool:
@@ -64,6 +65,7 @@ class VLLMBackend(Backend):
             # chunked prefill a prompt is always prefilled in one step.
             kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs)
+        before = {proc.pid for proc in descendants()}
         try:
             self.llm = LLM(**kwargs)
         except (ValueError, RuntimeError, OSError) as err:
@@ -71,6 +73,8 @@ class VLLMBackend(Backend):
             raise PrefdataError(f"vLLM could not load {model_path}: {first}",
                                 "check the model, max_model_len and memory, or use backend = \"transformers\""
                                 ) from None
+        # The engine core and its workers: watched while we wait on them, ended on close.
+        self._engine_procs = [proc for proc in descendants() if proc.pid not in before]
 
     def sampling_params(self, sampling: SamplingConfig, seed: int):
         from vllm import SamplingParams
@@ -88,13 +92,25 @@ class VLLMBackend(Backend):
         self.calls += 1
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
         params = [self.sampling_params(sampling, r.seed) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        try:
+            with watch_processes(self._engine_procs, "the vLLM engine"):
+                outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as err:
+            # vLLM notices a dead engine itself when the engine core is the one to see it go.
+            if type(err).__name__ != "EngineDeadError":
+                raise
+            gone = next((proc.pid for proc in self._engine_procs if not proc.is_running()), None)
+            raise ProcessDied("the vLLM engine", gone) from None
         return [completions(out) for out in outputs]
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        # Ending the engine's processes first (the engine core shuts down on SIGTERM) keeps
+        # close fast and safe: a graceful shutdown waits on every engine process, forever if
+        # one has died. The client's own shutdown then only frees its sockets.
+        stop_processes(getattr(self, "_engine_procs", []), grace_s=1.0)
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request, make_backend, resolve_backend_name
+from prefdata.generate.base import Backend, Request
+from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig, SamplingConfig
 from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
 from prefdata.judge.llm_judge import LLMJudge, LLMJudgeConfig

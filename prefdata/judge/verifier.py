@@ -186,7 +186,7 @@ class RuleVerifier:
             cfg = self.config
             self._pool = TimeoutPool(self._check_fn, workers=cfg.workers, timeout_s=cfg.timeout_s,
                                      chunk_size=cfg.chunk_size, initializer=_init_worker,
-                                     start_timeout_s=cfg.start_timeout_s)
+                                     start_timeout_s=cfg.start_timeout_s, name="verifier's worker pool")
         keys = list(slow)
         self.stats["pool"] += len(keys)
         for key, (status, value) in zip(keys, self._pool.map(keys)):

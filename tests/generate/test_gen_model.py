@@ -118,10 +118,15 @@ def test_reference_candidates(tmp_path):
 
     ws = Workspace.create(tmp_path / "ws")
     assert write_reference_candidates(ws, prompts) == 2
-    assert write_reference_candidates(ws, prompts) == 2  # same content, same part: no duplicates
+    assert write_reference_candidates(ws, prompts) == 0  # already stored: nothing new, no duplicates
     assert ws.count("candidates") == 2
-    write_reference_candidates(ws, make_prompts(4))  # a new prompt set replaces the old references
-    assert ws.count("candidates") == 4
+    old_ids = set(ws.read("candidates").column("candidate_id").to_pylist())
+    # Another prompt set (other reference texts): its references are added beside the old ones,
+    # which pairs of other datasets may refer to; stored ones are not written again.
+    assert write_reference_candidates(ws, make_prompts(4)) == 4
+    assert write_reference_candidates(ws, make_prompts(5)) == 1
+    ids = set(ws.read("candidates").column("candidate_id").to_pylist())
+    assert old_ids < ids and len(ids) == ws.count("candidates") == 7
 
 
 def test_reference_token_count_with_tokenizer(random_model_dir):

@@ -7,7 +7,8 @@ import pytest
 from prefdata.judge.base import JudgeItem
 from prefdata.judge.pool import TimeoutPool
 from prefdata.judge.verifier import RuleVerifier, VerifierConfig, extract_answer, plain_number
-from tests.judge.helpers import slow_check
+from prefdata.errors import PrefdataError
+from tests.judge.helpers import die_at_start, fail_at_start, slow_check
 
 REF = "We compute 12 + 7 = 19.\nThen 19 * 3 = 57.\n#### 57"
 
@@ -96,3 +97,20 @@ def test_pool_keeps_input_order_with_two_workers():
         out = pool.map([(str(i), str(i % 2)) for i in range(10)])
     assert [status for status, _ in out] == ["ok"] * 10
     assert [value[1] for _, value in out] == [i % 2 == i for i in range(10)]
+
+
+@pytest.mark.parametrize("initializer, why", [(die_at_start, "died at start (exit code 3)"),
+                                              (fail_at_start, "ImportError: No module named")])
+def test_pool_gives_up_after_bounded_failed_starts(initializer, why):
+    """A worker that never becomes ready is replaced a bounded number of times, then the pool
+    stops with one line saying why; before, it respawned about once a second, forever."""
+    pool = TimeoutPool(slow_check, workers=2, timeout_s=30, initializer=initializer, max_start_failures=3,
+                       name="test pool")
+    start = time.perf_counter()
+    with pytest.raises(PrefdataError) as caught:
+        pool.map([("1", "1"), ("2", "2")])
+    assert time.perf_counter() - start < 60
+    message = str(caught.value)
+    assert "test pool could not start a worker process: 3 failed starts in a row" in message
+    assert why in message and "\n" not in message
+    assert pool._workers == []  # every process it started is gone
