@@ -84,7 +84,8 @@ def step_ingest(state: BuildState) -> BuildState:
     state.summary["prompts"] = {**stats.to_dict(), **dropped, "new_in_workspace": new.num_rows,
                                 "heldout_stored": _store_heldout(state, heldout)}
     state.summary["hygiene"] = {**state.summary.get("hygiene", {}), **dropped}
-    state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
+    too_large = f"{stats.too_large} dropped as prompt_too_large, " if stats.too_large else ""
+    state.log(f"prompts: {stats.rows_read} read, {too_large}{stats.duplicates_removed} duplicates removed, "
               f"{dropped['contaminated']} contaminated, {dropped['near_duplicate']} near-duplicates, "
               f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
     return state
@@ -313,11 +314,35 @@ def step_finish(state: BuildState) -> BuildState:
 STEPS = [step_ingest, step_generate, step_judge, step_select, step_finish]
 
 
+def preflight(cfg: BuildConfig) -> None:
+    """Check every path and model the build will use before the workspace is touched or any
+    model loads: a misspelled judge model fails now, not after all policy generation."""
+    from prefdata.generate import validate_model_dir
+    from prefdata.generate.registry import resolve_backend_name
+
+    spec = cfg.source
+    if spec.path_or_name != TOY and not Path(spec.path_or_name).expanduser().exists():
+        from prefdata.sources.readers import _looks_like_hub_id, read_source
+
+        if not _looks_like_hub_id(spec.path_or_name):
+            read_source(spec)  # a mistyped path fails here with its message (a hub id loads at ingest)
+    for origin in sorted(cfg.origins() & {"policy", "other"}):
+        gen = getattr(cfg, origin)
+        remote = resolve_backend_name(gen.backend) == "openai"
+        validate_model_dir(gen.model, need_weights=not remote, allow_pickle=gen.allow_pickle,
+                           trust_remote_code=gen.trust_remote_code)
+    judge = cfg.judge
+    if judge.kind != "verifier":
+        remote = judge.kind == "llm" and resolve_backend_name(judge.backend) == "openai"
+        validate_model_dir(judge.model, need_weights=not remote, trust_remote_code=judge.trust_remote_code)
+
+
 def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole build; returns its summary (also saved in the manifest)."""
     started = time.time()
     if cfg.quiet:
         _silence_library_progress()
+    preflight(cfg)
     from prefdata.check import refuse_if_damaged
 
     refuse_if_damaged(Path(workspace))  # before the lock: a damaged workspace is left exactly as it was
@@ -349,8 +374,10 @@ def _silence_library_progress() -> None:
 def format_summary(summary: dict) -> str:
     lines = ["", "build summary", "-------------"]
     p = summary["prompts"]
+    too_large = f", {p['too_large']} prompt_too_large" if p.get("too_large") else ""
     lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates, "
-                 f"{p.get('contaminated', 0)} contaminated, {p.get('near_duplicate', 0)} near-duplicates removed)")
+                 f"{p.get('contaminated', 0)} contaminated, {p.get('near_duplicate', 0)} near-duplicates removed"
+                 f"{too_large})")
     h = summary.get("hygiene")
     if h:
         sets = ", ".join(f"{s['source']}/{s['split']} ({s['items']})" for s in h["decontaminate"])

@@ -36,6 +36,7 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
+    jsonl = "jsonl"
     parquet = "parquet"
 
 
@@ -92,7 +93,7 @@ def build(
     """
     from prefdata.build import build as run_build
     from prefdata.build import format_summary
-    from prefdata.config import build_config, load_toml, scenario_pipeline, set_path
+    from prefdata.config import build_config, load_toml, origin_of, parse_set_value, scenario_pipeline, set_path
 
     chosen = [x for x in (scenario is not None, mix is not None, config is not None) if x]
     if len(chosen) != 1:
@@ -100,13 +101,16 @@ def build(
                             "e.g. prefdata build --scenario 2")
     if config is not None:
         raw = load_toml(config)
+        origin_label = f"in {config}"
     elif mix is not None:
         raw = scenario_pipeline(1)
         raw.pop("scenarios", None)
         raw.pop("name", None)
         raw["mix"] = mix
+        origin_label = "in pipelines/scenario1.toml"  # the mix's base pipeline
     else:
         raw = scenario_pipeline(scenario)
+        origin_label = f"in pipelines/scenario{scenario}.toml"
     flags = {
         "source.path_or_name": source, "source.format": format, "source.split": split, "source.limit": limit,
         "source.sample": sample, "source.preset": preset, "source.prompt_column": prompt_column,
@@ -121,31 +125,40 @@ def build(
     if sample is not None and limit is None:
         flags["source.limit"] = None
         raw.get("source", {}).pop("limit", None)
+    labels = {}  # dotted key -> the flag that set it, so an error names the flag
     for dotted, value in flags.items():
         if value is not None:
             set_path(raw, dotted, value)
+            labels[dotted] = _flag_of(dotted)
     for item in set_:
         key, sep, value = item.partition("=")
         if not sep:
             raise PrefdataError(f"--set {item!r} is not KEY=VALUE", "e.g. --set policy.sampling.top_p=0.9")
-        set_path(raw, key.strip(), _parse_value(value.strip()))
+        key = key.strip()
+        set_path(raw, key, parse_set_value(key, value.strip()))
+        labels[key] = "--set"
     if decontaminate:
-        set_path(raw, "select.decontaminate", [*raw.get("select", {}).get("decontaminate", []), *decontaminate])
+        listed = raw.get("select", {}).get("decontaminate", [])
+        set_path(raw, "select.decontaminate", [*(listed if isinstance(listed, list) else [listed]), *decontaminate])
+        labels["select.decontaminate"] = "--decontaminate"
     if quiet:
         raw["quiet"] = True
-    cfg = build_config(raw)
+    cfg = build_config(raw, origin_of(labels, origin_label))
     summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
 
 
-def _parse_value(text: str):
-    """A --set value: TOML scalar syntax (numbers, true/false, quoted strings), else a bare string."""
-    import tomllib
+_BUILD_FLAGS = {"source.path_or_name": "--source", "source.format": "--format", "policy.model": "--policy-model",
+                "other.model": "--other-model", "policy.sampling.n": "--n", "other.sampling.n": "--m",
+                "select.min_margin": "--min-margin", "judge.kind": "--judge", "judge.model": "--judge-model"}
 
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+
+def _flag_of(dotted: str) -> str:
+    """The build option that set `dotted` (`--temperature` for policy.sampling.temperature)."""
+    if dotted in _BUILD_FLAGS:
+        return _BUILD_FLAGS[dotted]
+    leaf = dotted.rsplit(".", 1)[-1]
+    return "--" + leaf.replace("_", "-")
 
 
 @app.command()
@@ -203,37 +216,51 @@ def train(
     scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Train on this scenario's pairs."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Train on this dataset (e.g. a mix)."),
     model: str = typer.Option("toy:policy", "--model", "-m", help="Model to train (also the DPO reference)."),
-    loss: str = typer.Option("dpo", "--loss", help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic."),
+    loss: str = typer.Option("dpo", "--loss", "--loss_type",
+                             help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic (TRL's --loss_type sigmoid = dpo)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (loss default if unset)."),
     beta_chosen: Optional[float] = typer.Option(None, "--beta-chosen", help="Flex-DPO beta of the chosen term."),
     beta_rejected: Optional[float] = typer.Option(None, "--beta-rejected", help="Flex-DPO beta of the rejected term."),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="cDPO label smoothing."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", "--label_smoothing",
+                                                    help="cDPO label smoothing."),
     sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="Weight of the SFT term (dpo_sft, slic)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the pairs."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (wins over --epochs)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    max_length: int = typer.Option(1024, "--max-length", help="Max prompt+completion tokens; longer pairs are left out."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning_rate",
+                                       help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
+    epochs: int = typer.Option(1, "--epochs", "--num_train_epochs", help="Passes over the pairs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help="Optimizer steps (wins over --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size", "--per_device_train_batch_size", help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", "--gradient_accumulation_steps",
+                                   help="Micro-batches per optimizer step."),
+    max_length: int = typer.Option(1024, "--max-length", "--max_length",
+                                   help="Max prompt+completion tokens; longer pairs are left out."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation of any randomness."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between resumable checkpoints."),
     eval_every: int = typer.Option(10, "--eval-every", help="Steps between trajectory measurements."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
+                                              help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
     Scores the pairs first if they lack reference log-probs of this model. Resumes from the
     newest checkpoint of the run directory. Writes a Hugging Face model and the report.
+    TRL's flag names are accepted where they mean the same (--learning_rate, --num_train_epochs,
+    --per_device_train_batch_size, --gradient_accumulation_steps, --loss_type sigmoid|ipo, ...).
     """
     from prefdata.config import resolve_model
     from prefdata.score import score_pairs
     from prefdata.store import Workspace
-    from prefdata.train.config import TrainConfig
+    from prefdata.train.config import TrainConfig, check_train_options
     from prefdata.train.loop import train as run_train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.losses import LossConfig, loss_name
 
+    loss = loss_name(loss)
+    check_train_options({"lr": lr, "beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
+                         "label_smoothing": label_smoothing, "sft_weight": sft_weight, "epochs": epochs,
+                         "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
+                         "max_length": max_length, "seed": seed, "checkpoint_every": checkpoint_every,
+                         "eval_every": eval_every})
     name = _dataset_name(scenario, dataset)
     if name is None:
         raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
@@ -262,6 +289,10 @@ def train(
         if ctx.main:
             score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
     run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
+    if ctx.main:  # under torchrun, once
+        run_dir = cfg.run_dir(ws)
+        typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
+        typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
 
 
 @app.command()
@@ -270,7 +301,9 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
     from prefdata.store import Workspace
     from prefdata.train.report import combined_report
 
-    typer.echo(combined_report(Workspace.open(workspace))["text"])
+    result = combined_report(Workspace.open(workspace))
+    typer.echo(result["text"])
+    typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
 
 
 @app.command()
@@ -294,7 +327,9 @@ def study(
 
     result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
                                               epochs=epochs, lr=lr, seed=seed), log=typer.echo)
-    (workspace / "runs" / "study.txt").write_text(result["tables"] + "\n")
+    from prefdata.store import atomic_write_bytes
+
+    atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
     typer.echo("\n" + result["tables"])
 
 
@@ -303,7 +338,7 @@ def query(
     workspace: Path = typer.Argument(..., help="Workspace directory."),
     sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
     format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                        help="table (readable), csv, json (JSON Lines) or parquet."),
+                                        help="table (readable), csv, json or jsonl (both JSON Lines) or parquet."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Run read-only DuckDB SQL over a workspace's tables.

@@ -64,7 +64,7 @@ def load_model(path: str | Path, device=None, *, trust_remote_code: bool = False
 
     from prefdata.generate.model import validate_model_dir
 
-    path = validate_model_dir(path, allow_pickle=allow_pickle)
+    path = validate_model_dir(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=not allow_pickle,

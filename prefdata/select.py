@@ -40,7 +40,7 @@ Drop counts: candidate reasons count candidates, pair reasons count prompts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from prefdata import filters as F
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, between, check_instance, one_of
 from prefdata.injection import suspect_injection
 
 KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
@@ -62,28 +63,34 @@ REQUIRED = ("prompt_id", "prompt", "candidate_id", "origin", "text", "score", "j
 
 @dataclass(frozen=True)
 class SelectConfig:
-    min_margin: float = 0.0  # keep margin >= min_margin (and always margin > 0)
-    max_tokens: int | None = None  # budget on token_column (prompt + response, training template)
+    min_margin: float = field(default=0.0, metadata=at_least(0))  # keep margin >= min_margin (and always margin > 0)
+    # budget on token_column (prompt + response, training template)
+    max_tokens: int | None = field(default=None, metadata=at_least(1))
     token_column: str = "train_tokens"
     drop_truncated: bool = True  # finish_reason == "length"
     dedupe: bool = True  # same prompt + origin + normalised text
     unscored_score: float | None = None  # None: drop unscored candidates; else give them this score
-    uniform_by: str = "correct"  # "correct" | "score": what makes a prompt uniformly good/bad
+    # "correct" | "score": what makes a prompt uniformly good/bad
+    uniform_by: str = field(default="correct", metadata=one_of("correct", "score"))
     uniform_scenarios: tuple[int, ...] = (1,)  # where the MATH* filter applies (on-policy selection)
-    other_pick: str = "worst"  # "worst" | "random": which other-model sample is rejected (3, 4)
-    seed: int = 0  # for other_pick="random"
+    # "worst" | "random": which other-model sample is rejected (3, 4)
+    other_pick: str = field(default="worst", metadata=one_of("worst", "random"))
+    seed: int = field(default=0, metadata=at_least(0))  # for other_pick="random"
     dataset: str | None = None  # default "scenario<N>"
     # "auto": on for judges that read the response as text (llm, reward model), off for the verifier
-    screen_injection: str = "auto"  # "auto" | "on" | "off"
+    screen_injection: str = field(default="auto", metadata=one_of("auto", "on", "off"))
     # data hygiene (prefdata.hygiene): evaluation sets in [source] syntax (a string: its test split);
     # prompts sharing a decontaminate_n-word run with one, or with a held-out prompt, are dropped
     # before generation (reason contaminated), as are pairs whose chosen response does, if
     # decontaminate_chosen; near-duplicate prompts (MinHash Jaccard >= threshold) are collapsed to one
-    decontaminate: tuple = ()
-    decontaminate_n: int = 13
+    decontaminate: tuple[str | dict, ...] = ()
+    decontaminate_n: int = field(default=13, metadata=at_least(1))
     decontaminate_chosen: bool = False
     near_duplicates: bool = True
-    near_duplicate_threshold: float = 0.8
+    near_duplicate_threshold: float = field(default=0.8, metadata=between(0, 1, lo_open=True))
+
+    def __post_init__(self):
+        check_instance(self)
 
 
 def strategy_name(scenario: int, cfg: SelectConfig) -> str:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from prefdata import __version__
 from prefdata.errors import PrefdataError, WorkspaceLocked
+from prefdata.paths import check_writable_file
 from prefdata.schemas import SCHEMA_VERSION, TABLES, conform, empty, schema
 from prefdata.store_errors import parse_manifest, storage_error
 
@@ -67,6 +68,7 @@ def _temp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+    check_writable_file(path)
     tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as fh:
@@ -81,6 +83,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    check_writable_file(path)
     tmp = _temp_path(path)
     try:
         pq.write_table(table, tmp, compression="zstd")

@@ -12,28 +12,32 @@ training; only the models are tiny.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from prefdata.config import SCENARIOS, build_config, resolve_model, scenario_pipeline, set_path
+from prefdata.fields import at_least, check_instance, one_of
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    limit: int = 256          # training prompts per scenario build
-    n: int = 8                # policy samples per prompt (the study's N)
-    m: int = 4                # other-model samples per prompt
-    backend: str = "auto"
+    limit: int = field(default=256, metadata=at_least(1))  # training prompts per scenario build
+    n: int = field(default=8, metadata=at_least(1))  # policy samples per prompt (the study's N)
+    m: int = field(default=4, metadata=at_least(1))  # other-model samples per prompt
+    backend: str = field(default="auto", metadata=one_of("auto", "vllm", "transformers", "openai"))
     policy_model: str = "toy:policy"
     other_model: str = "toy:other"
     loss: str = "dpo"
-    beta: float = 0.1
-    lr: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 8
-    eval_every: int = 5
-    seed: int = 0
+    beta: float = field(default=0.1, metadata=at_least(0, open=True))
+    lr: float = field(default=1e-4, metadata=at_least(0, open=True))
+    epochs: int = field(default=2, metadata=at_least(1))
+    batch_size: int = field(default=8, metadata=at_least(1))
+    eval_every: int = field(default=5, metadata=at_least(0))
+    seed: int = field(default=0, metadata=at_least(0))
+
+    def __post_init__(self):
+        check_instance(self)  # before the first build: a bad --lr must not cost four builds
 
 
 def run_study(workspace: Path, cfg: StudyConfig = StudyConfig(), log: Callable[[str], None] = print) -> dict:

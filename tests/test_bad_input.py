@@ -284,7 +284,7 @@ CASES = [
          (setup_sources,)),
     Case("build-toml-unknown-key", ("build", NEW_WS, "--config", "{tmp}/unknown-key.toml"), r"bogus",
          (setup_sources,)),
-    Case("build-zero-samples", ("build", NEW_WS, *SCN2, "--n", "0"), r"n=0"),
+    Case("build-zero-samples", ("build", NEW_WS, *SCN2, "--n", "0"), r"n = 0 \(--n\) is out of range"),
     Case("build-negative-temperature", ("build", NEW_WS, *SCN2, "--temperature", "-1"), r"temperature"),
     Case("build-two-modes", ("build", NEW_WS, "--scenario", "2", "--mix", "1=0.5,4=0.5"), r"exactly one"),
     # ---- build: models and judges ----
@@ -364,8 +364,8 @@ CASES = [
     Case("score-unknown-dataset", ("score", "{ws}", "--model", "{model}", "--dataset", "../nope"),
          r"nope"),
     # ---- train ----
-    Case("train-lr-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "nan"), r"lr=nan"),
-    Case("train-lr-inf", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "inf"), r"lr=inf"),
+    Case("train-lr-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "nan"), r"lr = nan \(--lr\) is not finite"),
+    Case("train-lr-inf", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "inf"), r"lr = inf \(--lr\) is not finite"),
     Case("train-beta-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--beta", "nan"),
          r"beta"),
     Case("train-no-dataset", ("train", "{ws}", "--model", "{model}"), r"no dataset"),

@@ -89,7 +89,7 @@ class TransformersBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM
 
-        validate_model_dir(model_path, allow_pickle=allow_pickle)
+        validate_model_dir(model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:

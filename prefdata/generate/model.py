@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
+from prefdata.modelcheck import check_model_config
 
 # Files that change what a model generates. generation_config.json is here
 # because vLLM adds its eos_token_id list to the stop tokens.
@@ -38,8 +39,10 @@ def weight_files(path: Path, allow_pickle: bool = False) -> list[Path]:
     return files
 
 
-def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pickle: bool = False) -> Path:
-    """Check `path` holds a loadable model; raise a one-line PrefdataError naming what is missing."""
+def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pickle: bool = False,
+                       trust_remote_code: bool = False) -> Path:
+    """Check `path` holds a loadable model; raise a one-line PrefdataError naming what is missing
+    or wrong (config, custom code, sizes, weights: `prefdata.modelcheck`) before anything loads it."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise PrefdataError(f"model directory {path} does not exist",
@@ -57,6 +60,7 @@ def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pic
     if missing:
         raise PrefdataError(f"model directory {path} is missing {', '.join(missing)}",
                             "point to a complete Hugging Face model directory")
+    check_model_config(path, trust_remote_code=trust_remote_code)
     return path
 
 

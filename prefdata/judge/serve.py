@@ -99,7 +99,7 @@ def llm_judge_from_config(judge_cfg) -> ServedLLMJudge:
     if remote and not judge_cfg.endpoint_url:
         raise PrefdataError("the llm judge with backend 'openai' has no endpoint_url",
                             "set [judge] endpoint_url, e.g. http://127.0.0.1:8000")
-    path = validate_model_dir(judge_cfg.model, need_weights=not remote)
+    path = validate_model_dir(judge_cfg.model, need_weights=not remote, trust_remote_code=judge_cfg.trust_remote_code)
     tokenizer = load_tokenizer(judge_cfg.model, trust_remote_code=judge_cfg.trust_remote_code)
     gen_cfg = GenerationConfig(model=judge_cfg.model, backend=backend, endpoint_url=judge_cfg.endpoint_url,
                                trust_remote_code=judge_cfg.trust_remote_code, quiet=True,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 if TYPE_CHECKING:
@@ -322,6 +323,19 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
+#: TRL's ``loss_type`` names of the losses that are the same here.
+TRL_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
+
+
+def loss_name(name: str) -> str:
+    """Our loss name for ``name``, which may be TRL's ``loss_type`` (``sigmoid`` -> ``dpo``).
+
+    >>> loss_name("sigmoid"), loss_name("ipo"), loss_name("flex_dpo")
+    ('dpo', 'ipo', 'flex_dpo')
+    """
+    return TRL_LOSS_TYPES.get(name, name)
+
+
 def _hyperparameter_names(fn: LossFn) -> tuple[str, ...]:
     """The keyword-only parameters of a loss: its hyperparameters, named like LossConfig fields."""
     params = inspect.signature(fn).parameters.values()
@@ -364,14 +378,14 @@ class LossConfig:
                 raise ValueError(f"loss {self.name!r} does not use {field.name} (used by: {', '.join(users)})")
         for field_name in ("beta", "beta_chosen", "beta_rejected"):
             value = getattr(self, field_name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{field_name} must be > 0, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{field_name} must be a finite number > 0, got {value}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing}")
-        if self.sft_weight is not None and self.sft_weight < 0:
-            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
-        if self.slic_delta < 0:
-            raise ValueError(f"slic_delta must be >= 0, got {self.slic_delta}")
+        if self.sft_weight is not None and not (self.sft_weight >= 0 and math.isfinite(self.sft_weight)):
+            raise ValueError(f"sft_weight must be a finite number >= 0, got {self.sft_weight}")
+        if not (self.slic_delta >= 0 and math.isfinite(self.slic_delta)):
+            raise ValueError(f"slic_delta must be a finite number >= 0, got {self.slic_delta}")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The keyword arguments the loss actually runs with, defaults resolved (for the saved config)."""

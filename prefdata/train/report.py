@@ -350,4 +350,4 @@ def combined_report(ws) -> dict:
     text = "\n".join(lines)
     atomic_write_bytes(runs_dir / "combined.json", (json.dumps({"runs": summary}, indent=2) + "\n").encode())
     atomic_write_bytes(runs_dir / "combined.txt", (text + "\n").encode())
-    return {"runs": summary, "text": text}
+    return {"runs": summary, "text": text, "files": [runs_dir / "combined.txt", runs_dir / "combined.json"]}

@@ -126,10 +126,12 @@ def test_chosen_responses_are_checked_at_select_when_asked():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("decontaminate", "gsm8k", "not a list of evaluation sets"),
-    ("decontaminate_n", 0, "decontaminate_n=0 is not a whole number >= 1"),
-    ("near_duplicate_threshold", 1.5, "not a Jaccard similarity in"),
-    ("near_duplicates", "yes", "is not true or false"),
+    ("decontaminate", "gsm8k", r"select.decontaminate = 'gsm8k' is a string"),
+    ("decontaminate", [""], "entry '' is not an evaluation set"),
+    ("decontaminate", [{"path": "x.jsonl"}], r"has unknown keys \['path'\] or no path_or_name"),
+    ("decontaminate_n", 0, r"select.decontaminate_n = 0 is out of range; expected a whole number >= 1"),
+    ("near_duplicate_threshold", 1.5, r"is out of range; expected a finite number in \(0, 1\]"),
+    ("near_duplicates", "yes", "is a string; expected true or false"),
 ])
 def test_bad_settings_fail_before_any_work(key, value, message):
     raw = scenario_pipeline(2)

@@ -148,3 +148,4 @@ def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
     hashes = Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()
     assert set(hashes) == {model_hash(model_dir)}  # scored once, by rank 0
     assert (out / "model" / "model.safetensors").is_file()
+    assert done.stdout.count(f"model: {out / 'model'} ") == 1  # says where the model went, once (rank 0)

@@ -74,6 +74,9 @@ def test_combined_report_lays_runs_side_by_side(runs):
     assert "scenario2-ipo" in combined["text"].splitlines()[0]
     saved = json.loads((Path(ws.root) / "runs" / "combined.json").read_text())
     assert saved["runs"][1]["table1"]["rejected"]["after"] == runs[3]["table1"]["rejected"]["after"]
+    # what `prefdata report` prints as the files it wrote: exactly the combined files, all on disk
+    assert sorted(p.name for p in combined["files"]) == ["combined.json", "combined.txt"]
+    assert all(p.is_file() for p in combined["files"])
     print(combined["text"])
 
 
