@@ -19,6 +19,8 @@ not two. What is scored, and how:
 
 The training loop uses the same functions (with gradients), so reference and
 policy log-probs are computed identically and the DPO margin starts at zero.
+By default a pair's prompt is computed once for both responses (shared-prefix
+packing, prefdata.train.packing; `shared_prefix=False` for the layout above).
 
 >>> summary = score_pairs(ws, "prefdata/toy/weights/policy")  # doctest: +SKIP
 >>> summary["rows_scored"]                                     # doctest: +SKIP
@@ -31,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from prefdata.errors import PrefdataError
 
@@ -147,6 +149,9 @@ class Packed:
     segment: torch.Tensor        # (n_targets,) which input sequence the target belongs to
     counts: torch.Tensor         # (n_sequences,) completion tokens per sequence
     n_sequences: int
+    # shared-prefix packing (prefdata.train.packing) sets this: its attention_mask(model) is passed to
+    # the model; None = sequences separated by their position-id restarts alone
+    layout: Any = None
 
 
 def packed_batch(sequences: Sequence[tuple[list[int], list[int]]], row_tokens: int,
@@ -211,8 +216,9 @@ def sequence_logps(model, batch: Packed, chunk_positions: int = 1024):
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    mask = {} if batch.layout is None else {"attention_mask": batch.layout.attention_mask(model)}
     hidden = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                              use_cache=False).last_hidden_state
+                              use_cache=False, **mask).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.source)
     head = model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -291,7 +297,7 @@ def _fill(table, rows: list[int], values: dict[str, list]):
 
 def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_tokens: int = 4096,
                 chunk_positions: int = 1024, device: str | None = None, bf16: bool | None = None,
-                progress: Callable[[str], None] | None = None) -> dict:
+                progress: Callable[[str], None] | None = None, shared_prefix: bool = True) -> dict:
     """Fill the reference log-prob columns of the pairs table under the model at `model_path`.
 
     Each pairs part is rewritten atomically with `ref_chosen_logp`,
@@ -303,11 +309,14 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
     `dataset` limits scoring to rows of that dataset (other rows are kept as
     they are). `bf16` (default: on when on GPU) runs the body under bf16
     autocast exactly as training does, so the initial DPO margin is zero.
+    `shared_prefix` computes each pair's prompt once (prefdata.train.packing) where the
+    model's attention allows it; the log-probs equal the unshared ones up to float rounding.
     Returns a summary dict; the manifest records it under stage "score".
     """
     import pyarrow.parquet as pq
 
     from prefdata.schemas import conform
+    from prefdata.train.packing import score_pairs_shared, supports_shared_prefix
 
     say = progress or (lambda _msg: None)
     ref_hash = model_hash(model_path)
@@ -336,9 +345,14 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
             prompts = encode_prompts(tokenizer, sub["prompt"].to_pylist(), sub["messages"].to_pylist())
             chosen = encode_completions(tokenizer, sub["chosen"].to_pylist())
             rejected = encode_completions(tokenizer, sub["rejected"].to_pylist())
-            sums = score_sequences(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)),
-                                   batch_tokens, chunk_positions, use_bf16)
             n = len(rows)
+            if shared_prefix and supports_shared_prefix(model):
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                sums = sum(score_pairs_shared(model, pad, list(zip(prompts, chosen, rejected)), batch_tokens,
+                                              chunk_positions, use_bf16), [])
+            else:
+                sums = score_sequences(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)),
+                                       batch_tokens, chunk_positions, use_bf16)
             c_len, r_len = [len(c) for c in chosen], [len(r) for r in rejected]
             table = _fill(table, rows, {
                 "ref_chosen_logp": sums[:n], "ref_rejected_logp": sums[n:],
