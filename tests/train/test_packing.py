@@ -200,3 +200,37 @@ def test_flex_block_mask_forward_equals_the_dense_mask():
         model.set_attn_implementation("flex_attention")
         flex = sequence_logps(model, pair_batch(pairs, 0, row_tokens=300, width_multiple=128))
     torch.testing.assert_close(flex, dense, **TOL)
+
+
+def _logps_and_grads(model, batch, bf16=False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        sums = sequence_logps(model, batch)
+    sums.sum().backward()
+    return sums.detach(), [p.grad.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.gpu
+def test_shared_prefix_on_gpu_sdpa_and_flex_fp32_and_bf16():
+    """On CUDA: the sdpa mask path and FlexAttention's BlockMask (forward and backward) against the
+    unshared layout; fp32 to 1e-4 (GPU kernels reorder sums), bf16 autocast to bf16 rounding."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = _qwen2().cuda()
+    pairs = _pairs(8, seed=11)
+    seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    unshared = _logps_and_grads(model, packed_batch(seqs, 512, 0, "cuda"))
+    shared = _logps_and_grads(model, pair_batch(pairs, 0, "cuda", row_tokens=300))
+    torch.testing.assert_close(shared[0], unshared[0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(shared[1], unshared[1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    bf16_shared = _logps_and_grads(model, pair_batch(pairs, 0, "cuda"), bf16=True)[0]
+    bf16_unshared = _logps_and_grads(model, packed_batch(seqs, 512, 0, "cuda"), bf16=True)[0]
+    tokens = torch.tensor([len(c) for _, c in seqs], device="cuda")
+    assert ((bf16_shared - bf16_unshared).abs() / tokens).max() < 0.02  # per-token, bf16 rounding
+    model.set_attn_implementation("flex_attention")
+    flex = _logps_and_grads(model, pair_batch(pairs, 0, "cuda", row_tokens=300, width_multiple=128))
+    torch.testing.assert_close(flex[0], unshared[0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(flex[1], unshared[1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
