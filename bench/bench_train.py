@@ -45,6 +45,7 @@ Writes bench/results/train_<device>[_long_prompt]<tag>.json and .md (`--out` to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -180,11 +181,15 @@ class Meter:
     """
 
     def __init__(self, device: str):
-        import psutil  # CPU memory; accelerate (which TRL needs) depends on it, so a GPU machine with TRL has it
-
         self.device = device
-        self.proc = psutil.Process()
-        self.baseline_rss = self.proc.memory_info().rss
+        try:  # RSS on CPU; on a GPU machine without it (no TRL, whose accelerate needs it) CUDA memory suffices
+            import psutil
+        except ModuleNotFoundError:
+            if device != "cuda":
+                raise
+            psutil = None
+        self.proc = psutil.Process() if psutil else None
+        self.baseline_rss = self.proc.memory_info().rss if psutil else 0
         self.marks: list[float] = []        # time after each optimizer step
         self.tokens: list[int] = []         # non-padding tokens of each optimizer step
         self.pending = 0                    # tokens seen since the last step mark
@@ -198,7 +203,7 @@ class Meter:
         self._sampler.start()
 
     def _sample(self):
-        while not self._stop:
+        while not self._stop and self.proc is not None:
             rss = self.proc.memory_info().rss
             self.phase_peak[self.phase] = max(self.phase_peak[self.phase], rss)
             time.sleep(0.01)
@@ -434,9 +439,10 @@ def worker(side: str, spec_path: str, out_path: str) -> None:
     # Every side imports the same modules before the memory baseline, so import costs cancel out.
     # transformers and trl import lazily: name the classes, or their ~200 MB of code would land
     # in whichever side first touches them.
-    import matplotlib.backends.backend_agg  # noqa: F401  (prefdata's report plots)
-    import matplotlib.figure  # noqa: F401
-    import psutil  # noqa: F401
+    with contextlib.suppress(ModuleNotFoundError):  # optional on a bare GPU machine (psutil: RSS; matplotlib: plots)
+        import psutil  # noqa: F401
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM,  # noqa: F401
                               Qwen2ForCausalLM, Trainer, TrainerCallback)
@@ -641,6 +647,8 @@ def main(argv=None) -> None:
                         help="activation checkpointing for every side (prefdata's default is off, TRL's is on)")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="toy",
                         help="toy: the toy task's short prompts; long-prompt: chat prompts ~3x the responses")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for the runs: no new repetition starts that would likely exceed it")
     parser.add_argument("--tag", default="", help="suffix of the result files: train_<device>[_long_prompt]<tag>.json")
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"comma-separated, from {', '.join(SIDES + EXTRA_SIDES)}")
@@ -686,7 +694,12 @@ def main(argv=None) -> None:
         print(f"setup {time.perf_counter() - t0:.1f}s: {args.model_shape} ({n_params / 1e6:.1f}M params), "
               f"{args.pairs} scored pairs, {mean_tokens:.0f} tokens/pair", flush=True)
         results: dict[str, list[dict]] = {s: [] for s in sides}
+        reps_started = time.perf_counter()
         for rep in range(args.reps):
+            spent = time.perf_counter() - reps_started
+            if args.time_budget and rep and spent + spent / rep > args.time_budget:
+                print(f"stopping after {rep} reps: another would exceed --time-budget {args.time_budget:.0f}s")
+                break
             order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # a different side first each time
             for side in order:
                 spec = {"model_dir": str(model_dir), "ws": str(ws.root), "sides": sides,
@@ -715,7 +728,7 @@ def main(argv=None) -> None:
         "bench_seconds": round(time.perf_counter() - t0, 1), "code": code_state(), "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "settings": {"device": args.device, "model_shape": args.model_shape, "parameters": n_params,
                      "n_pairs": args.pairs, "pairs_per_step": args.pairs_per_step, "max_length": args.max_length,
-                     "steps": args.steps, "warmup": args.warmup, "reps": args.reps, "threads": args.threads,
+                     "steps": args.steps, "warmup": args.warmup, "reps": min(len(r) for r in results.values()), "threads": args.threads,
                      "gradient_checkpointing": args.gradient_checkpointing,
                      "workload": args.workload, "mean_tokens_per_pair": mean_tokens, **token_stats,
                      "beta": BETA, "lr": LR,

@@ -335,7 +335,14 @@ def write_report(run_dir: Path, result: dict) -> None:
     run_dir = Path(run_dir)
     atomic_write_bytes(run_dir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(run_dir / "report.txt", (format_run(result) + "\n").encode())
-    _plot(result, run_dir / "report.png")
+    try:
+        _plot(result, run_dir / "report.png")
+    except ModuleNotFoundError as err:  # the numbers are in report.json/.txt; only the picture needs matplotlib
+        if err.name != "matplotlib" and not str(err.name).startswith("matplotlib."):
+            raise
+        import warnings
+
+        warnings.warn("report.png not written: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
 
 
 def combined_report(ws) -> dict:
