@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from prefdata.score import packed_batch, score_pairs, sequence_logps  # noqa: E402
+from prefdata.score import packed_batch, sequence_logps  # noqa: E402
 from prefdata.train.losses import LOSSES, LossConfig, compute_loss  # noqa: E402
 from prefdata.train.packing import pair_batch, score_pairs_shared, supports_shared_prefix  # noqa: E402
 
