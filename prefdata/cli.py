@@ -198,6 +198,9 @@ def score(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Score only this dataset (e.g. a mix)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per packed forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
 ) -> None:
     """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
     from prefdata.config import resolve_model
@@ -206,7 +209,8 @@ def score(
 
     ws = Workspace.open(workspace)
     summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
-                          batch_tokens=batch_tokens, device=device, progress=typer.echo)
+                          batch_tokens=batch_tokens, device=device, progress=typer.echo,
+                          shared_prefix=shared_prefix)
     typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
@@ -240,6 +244,9 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
                                               help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
@@ -280,14 +287,16 @@ def train(
     cfg = TrainConfig(dataset=name, model_path=model_path, loss=loss_cfg, lr=lr, epochs=epochs,
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                       bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                      device=device, output_dir=str(output_dir) if output_dir else None)
+                      device=device, output_dir=str(output_dir) if output_dir else None,
+                      shared_prefix=shared_prefix)
     from prefdata.train.distributed import rank_zero_first
 
     # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
     # ranks wait at a barrier and then read the pairs it scored.
     with rank_zero_first(device) as ctx:
         if ctx.main:
-            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
+            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo,
+                        shared_prefix=shared_prefix)
     run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
     if ctx.main:  # under torchrun, once
         run_dir = cfg.run_dir(ws)

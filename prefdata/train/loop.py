@@ -91,6 +91,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     from prefdata.train import distributed as dist
     from prefdata.train import report
     from prefdata.train.losses import compute_loss
+    from prefdata.train.packing import pair_batch, supports_shared_prefix, width_multiple
 
     say = progress or (lambda _msg: None)
     started = time.time()
@@ -117,6 +118,10 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     # runner(batch): the summed log-probs through DDP/FSDP (the plain model when alone)
     runner, params = dist.wrap(model, ctx, fsdp and ctx.active, device, cfg.chunk_positions)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shared = cfg.shared_prefix and supports_shared_prefix(model)
+    if cfg.shared_prefix and not shared:
+        say(f"{model.config._attn_implementation} attention takes no shared-prefix mask: "
+            "each prompt is computed twice, once with each response")
     data = report.tokenize_pairs(tokenizer, pairs)
     keep = [i for i in range(len(data["chosen"]))
             if max(len(data["prompt"][i]) + len(data["chosen"][i]),
@@ -162,8 +167,12 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
 
         `through` is the DDP/FSDP runner in training steps; measurements pass a plain
         model, whose gradients then stay rank-local (the gradient probe)."""
-        seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
-        batch = packed_batch(seqs, cfg.max_length, pad_id, device)
+        if shared:  # prompt | chosen | rejected: each prompt computed once (packing.py)
+            batch = pair_batch([(prompts[i], chosen[i], rejected[i]) for i in idx], pad_id, device,
+                               width_multiple=width_multiple(model))
+        else:
+            seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
+            batch = packed_batch(seqs, cfg.max_length, pad_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             sums = through(batch) if through is runner else sequence_logps(through, batch, cfg.chunk_positions)
         return sums[:len(idx)], sums[len(idx):]
@@ -297,6 +306,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     result = report.assemble(cfg, history, final, before, after, evalset,
                              {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
                               "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
+                              "shared_prefix": shared,
                               "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
                               else None, "seconds": round(time.time() - started, 2)})
     if ctx.main:

@@ -134,16 +134,31 @@ def _per_token(model, tokenizer, seqs, cfg, bf16) -> list[float]:
     return [s / len(c) for s, (_, c) in zip(sums, seqs)]
 
 
+def _pairs_per_token(model, tokenizer, prompts, chosen, rejected, cfg, bf16) -> tuple[list[float], list[float]]:
+    """Per-token mean log-probs of each pair's chosen and rejected, with each prompt computed once
+    when `cfg.shared_prefix` and the model's attention allow it (prefdata.train.packing)."""
+    from prefdata.train.packing import score_pairs_shared, supports_shared_prefix
+
+    if not (cfg.shared_prefix and supports_shared_prefix(model)):
+        values = _per_token(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)), cfg, bf16)
+        return values[:len(chosen)], values[len(chosen):]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sums = score_pairs_shared(model, pad, list(zip(prompts, chosen, rejected)), cfg.eval_batch_tokens,
+                              cfg.chunk_positions, bf16)
+    return ([s / len(c) for s, c in zip(sums[0], chosen)], [s / len(r) for s, r in zip(sums[1], rejected)])
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
 def measure(model, tokenizer, evalset: EvalSet, cfg, bf16: bool) -> dict:
     """Mean per-token log-prob of the eval chosen, eval rejected and unpaired responses (by origin)."""
-    k = len(evalset.eval_chosen)
-    values = _per_token(model, tokenizer, evalset.eval_chosen + evalset.eval_rejected + evalset.heldout, cfg, bf16)
-    heldout = values[2 * k:]
-    return {"chosen": _mean(values[:k]), "rejected": _mean(values[k:2 * k]), "dispersion": _mean(heldout),
+    chosen, rejected = _pairs_per_token(model, tokenizer, [p for p, _ in evalset.eval_chosen],
+                                        [c for _, c in evalset.eval_chosen], [r for _, r in evalset.eval_rejected],
+                                        cfg, bf16)
+    heldout = _per_token(model, tokenizer, evalset.heldout, cfg, bf16) if evalset.heldout else []
+    return {"chosen": _mean(chosen), "rejected": _mean(rejected), "dispersion": _mean(heldout),
             "dispersion_by_origin": {o: _mean([v for v, vo in zip(heldout, evalset.heldout_origin) if vo == o])
                                      for o in sorted(set(evalset.heldout_origin))}}
 
@@ -208,8 +223,8 @@ def accuracy(model, tokenizer, evalset: EvalSet, cfg, verify: Callable[[str, str
 
 def table1_after(model, tokenizer, prompts, chosen, rejected, cfg, bf16) -> dict:
     """Mean per-token log-prob of every trained pair's chosen and rejected under the trained model."""
-    values = _per_token(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)), cfg, bf16)
-    return {"chosen": _mean(values[:len(chosen)]), "rejected": _mean(values[len(chosen):])}
+    chosen_values, rejected_values = _pairs_per_token(model, tokenizer, prompts, chosen, rejected, cfg, bf16)
+    return {"chosen": _mean(chosen_values), "rejected": _mean(rejected_values)}
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -320,7 +335,14 @@ def write_report(run_dir: Path, result: dict) -> None:
     run_dir = Path(run_dir)
     atomic_write_bytes(run_dir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(run_dir / "report.txt", (format_run(result) + "\n").encode())
-    _plot(result, run_dir / "report.png")
+    try:
+        _plot(result, run_dir / "report.png")
+    except ModuleNotFoundError as err:  # the numbers are in report.json/.txt; only the picture needs matplotlib
+        if err.name != "matplotlib" and not str(err.name).startswith("matplotlib."):
+            raise
+        import warnings
+
+        warnings.warn("report.png not written: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
 
 
 def combined_report(ws) -> dict:
