@@ -118,6 +118,7 @@ def test_score_one_dataset_leaves_others_untouched(tmp_path):
 def test_logits_only_for_completion_positions_in_chunks(tmp_path, monkeypatch):
     """Never the full (batch x length x vocab) logits: the LM head's forward is never called,
     and each vocabulary projection covers at most `chunk_positions` completion positions."""
+    import prefdata.logprobs as logprobs
     import prefdata.score as score
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,8 +130,8 @@ def test_logits_only_for_completion_positions_in_chunks(tmp_path, monkeypatch):
         raise AssertionError("full logits computed")
 
     monkeypatch.setattr(model.get_output_embeddings(), "forward", no_full_logits)
-    rows, real = [], score._chunk_logps
-    monkeypatch.setattr(score, "_chunk_logps", lambda h, *a: rows.append(h.shape[0]) or real(h, *a))
+    rows, real = [], logprobs._chunk_logps
+    monkeypatch.setattr(logprobs, "_chunk_logps", lambda h, *a: rows.append(h.shape[0]) or real(h, *a))
     seqs = [(prompt_ids(tokenizer, f"What is {i} + 1?"), completion_ids(tokenizer, "x" * (5 + 3 * i)))
             for i in range(6)]
     sums = score.score_sequences(model, tokenizer, seqs, batch_tokens=64, chunk_positions=8)
