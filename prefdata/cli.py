@@ -164,6 +164,44 @@ def export(
         typer.echo(f"{name}: {info}")
 
 
+class ImportKind(str, Enum):
+    candidates = "candidates"
+    pairs = "pairs"
+
+
+@app.command("import")
+def import_(
+    workspace: Path = typer.Argument(..., help="Workspace directory (created if missing)."),
+    file: str = typer.Argument(..., help="JSONL, JSON, Parquet or CSV file, or a `datasets` save_to_disk folder."),
+    as_: ImportKind = typer.Option(..., "--as", help="candidates: responses to judge and pair; pairs: finished pairs."),
+    origin: str = typer.Option("policy", "--origin", help="Candidates: policy (the model you will train) or other."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Candidates: model name where the file has no model column."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Pairs: the dataset name they are stored under (required)."),
+    map_: Optional[str] = typer.Option(None, "--map", help="Map fields to the file's columns: response=completion,prompt=question."),
+    rating: list[str] = typer.Option([], "--rating", help="Candidates: score/label column stored as judge imported:<column> (default: auto)."),
+    marker: str = typer.Option(r"\n\nAssistant:", "--marker", help="Implicit-prompt pairs: the text that ends the prompt (escapes like \\n allowed)."),
+    format: str = typer.Option("auto", "--format", help="auto, jsonl, json, parquet, csv, hf."),
+    split: str = typer.Option("train", "--split", help="Split of a dataset folder."),
+) -> None:
+    """Import pre-generated candidates or existing preference pairs into a workspace.
+
+    Candidates get judged and paired by a following `prefdata build WS --scenario N` (no
+    generation); ratings in the file become judgments of `imported:<column>`
+    (`build --judge imported:<column>` pairs on them). Pairs are kept under --dataset with
+    origin `imported`, ready for score, train, query and export. Bad rows are dropped with a
+    counted reason; the same file imported twice adds nothing.
+
+    Examples: prefdata import ws gens.jsonl --as candidates --origin policy --model-name my-7b;
+    prefdata import ws hh.parquet --as pairs --dataset hh
+    """
+    from prefdata.importing import ImportSpec, format_summary, import_file, parse_map
+
+    spec = ImportSpec(file, as_.value, format=format, split=split, mapping=parse_map(map_), origin=origin,
+                      model_name=model_name, dataset=dataset, ratings=tuple(rating) or None,
+                      marker=marker.replace("\\n", "\n").replace("\\t", "\t"))
+    typer.echo(format_summary(import_file(workspace, spec)))
+
+
 def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:
     if scenario is not None and dataset is not None:
         raise PrefdataError("give --scenario or --dataset, not both", "e.g. --scenario 2 or --dataset mix-1x0.5-4x0.5")
