@@ -50,7 +50,7 @@ class JudgeConfig:
     """Which judge scores candidates. `verifier` needs reference answers; `llm` uses the
     study's 1-5 rubric served by `model` through `backend`; `reward_model` a sequence classifier."""
 
-    kind: str = "verifier"
+    kind: str = "verifier"  # or "imported:<column>": ratings imported with `prefdata import`
     model: str | None = None
     backend: str = "auto"
     endpoint_url: str | None = None
@@ -66,8 +66,12 @@ class JudgeConfig:
     max_model_len: int | None = None
 
     def __post_init__(self):
-        if self.kind not in ("verifier", "llm", "reward_model"):
-            raise PrefdataError(f"unknown judge kind {self.kind!r}", "use verifier, llm or reward_model")
+        if self.kind.startswith("imported:"):  # --judge imported:<column>: an imported file's ratings
+            object.__setattr__(self, "model", self.kind.partition(":")[2])
+            object.__setattr__(self, "kind", "imported")
+        if self.kind not in ("verifier", "llm", "reward_model", "imported"):
+            raise PrefdataError(f"unknown judge kind {self.kind!r}",
+                                "use verifier, llm, reward_model or imported:<rating column>")
         if self.kind != "verifier" and not self.model:
             raise PrefdataError(f"judge kind {self.kind!r} needs a model", "set [judge] model = \"PATH\"")
         if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):

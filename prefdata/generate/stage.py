@@ -98,6 +98,8 @@ def _prune(ws: Workspace, origin: str, wanted: set[str]) -> int:
     here loses only rows a later run regenerates anyway, and duplicates nothing."""
     dropped = 0
     for path in ws.parts(TABLE):
+        if path.name.startswith("part-import-"):  # imported rows cannot be regenerated: never pruned
+            continue
         keys = pq.read_table(path, columns=["origin", "work_key"])
         stale = pc.and_(pc.equal(keys["origin"], origin),
                         pc.invert(pc.is_in(keys["work_key"], pa.array(sorted(wanted), pa.string()))))
