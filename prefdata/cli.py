@@ -153,13 +153,15 @@ def export(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
     conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
     keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
+    implicit_prompt: bool = typer.Option(False, "--implicit-prompt", help="Implicit-prompt form: chosen/rejected are whole Human/Assistant dialogues, no prompt column."),
 ) -> None:
     """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
     from prefdata.export import export_pairs
     from prefdata.store import Workspace
 
     result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
-                          conversational=conversational, keep_provenance=keep_provenance)
+                          conversational=conversational, keep_provenance=keep_provenance,
+                          implicit_prompt=implicit_prompt)
     for name, info in result.items():
         typer.echo(f"{name}: {info}")
 
