@@ -1,11 +1,13 @@
-"""Read an import file with the prompt sources' readers, and find its columns.
+"""Read an import file, and find its columns.
 
-The file is read by `prefdata.sources.readers` (JSONL, JSON, Parquet, CSV, a
-`datasets` folder), so it gets the same checks and one-line errors as a prompt
-source. One addition: a JSON file whose field changes type between rows (a
-number where text should be, a list of content parts instead of a string) is
-not refused as a whole; the values of the minority type become null and the row
-is flagged, so that it is dropped with the reason ``non_string_content``.
+Parquet, CSV and `datasets` folders are read by `prefdata.sources.readers`, with
+the same checks and one-line errors as a prompt source. JSON Lines go through
+Arrow's JSON reader when every field keeps one type. A JSON file whose field
+changes type between rows (a number where text should be, a list of content
+parts instead of a string) is not refused as a whole, and its odd values are
+not turned into text either: they become null and the row is flagged, so that
+it is dropped with the reason ``non_string_content``. A malformed JSON file is
+handed to the readers, which say where it is broken.
 """
 
 from __future__ import annotations
@@ -48,23 +50,41 @@ def file_sha256(path: Path) -> str:
 
 
 def read_import(path: str, format: str = "auto", split: str = "train", name: str | None = None) -> ImportFile:
-    spec = SourceSpec(path, format=format, split=split, name=name)
+    from prefdata.sources.readers import _file_format, _source_name
+
     local = Path(path).expanduser()
     if not local.exists():
         raise PrefdataError(f"file not found: {path}", "check the path of the file to import")
-    try:
+    spec = SourceSpec(path, format=format, split=split, name=name)
+    frame = None
+    if local.is_file() and _file_format(local, format) in ("jsonl", "json"):
+        frame = _read_json_file(local, _file_format(local, format))
+        source_name, origin, fmt = name or _source_name(local), str(local), _file_format(local, format)
+    if frame is None:  # other formats, folders, and JSON the readers must explain (malformed)
         raw = read_source(spec)
-        table, source_name, origin, fmt = raw.table, raw.name, raw.origin, raw.format
-        frame = pl.from_arrow(table) if table.num_rows else pl.DataFrame()
+        source_name, origin, fmt = raw.name, raw.origin, raw.format
+        frame = pl.from_arrow(raw.table) if raw.table.num_rows else pl.DataFrame()
         frame = frame.with_columns(pl.lit(False).alias(NONSTRING))
-    except PrefdataError as err:
-        if "type differs between rows" not in str(err) or not local.is_file():
-            raise
-        frame = _read_mixed_json(local)
-        source_name, origin, fmt = name or local.stem, str(local), "json"
     if frame.height == 0:
         raise PrefdataError(f"{path} has no rows", "point at a file with rows to import")
     return ImportFile(frame, source_name, origin, file_sha256(local), fmt)
+
+
+def _read_json_file(path: Path, fmt: str) -> pl.DataFrame | None:
+    """JSON Lines through Arrow's reader when every field keeps one type; otherwise (and for
+    JSON arrays) the type-checking reader below. None: malformed, for the readers to report."""
+    import pyarrow.json as pajson
+
+    if fmt == "jsonl":
+        try:
+            table = pajson.read_json(path, read_options=pajson.ReadOptions(use_threads=False))
+            return pl.from_arrow(table).with_columns(pl.lit(False).alias(NONSTRING))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    try:
+        return _read_mixed_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, PrefdataError):
+        return None
 
 
 def _kind(value) -> str:
@@ -84,9 +104,13 @@ def _read_mixed_json(path: Path) -> pl.DataFrame:
         records = json.loads(text)
     except json.JSONDecodeError:
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if isinstance(records, dict):
-        records = next((v for v in records.values() if isinstance(v, list)), [])
-    records = [r for r in records if isinstance(r, dict)]
+    if isinstance(records, dict):  # {"data": [...]}: one list of rows under one key
+        lists = [v for v in records.values() if isinstance(v, list)]
+        if len(records) != 1 or len(lists) != 1:
+            raise PrefdataError(f"{path} is not a list of rows", "the readers explain")
+        records = lists[0]
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise PrefdataError(f"{path} is not a list of rows", "the readers explain")
     kinds: dict[str, dict[str, int]] = {}
     for record in records:
         for key, value in record.items():
