@@ -151,8 +151,9 @@ def import_candidates(imp: ImportFile, spec: ImportSpec) -> dict:
     rows = with_prompt_ids(rows, imp.name)
     model = pl.col("_file_model").fill_null(pl.lit(spec.model_name or imp.name))
     rows = rows.with_columns(model_name=model, origin=pl.lit(spec.origin))
-    rows = rows.with_columns(work_key=sha16(rows.with_columns(pl.lit("import").alias("_k")),
-                                            "_k", "origin", "model_name", "prompt_id"))
+    keys = rows.select("origin", "model_name", "prompt_id").unique().with_columns(_k=pl.lit("import"))
+    keys = keys.with_columns(work_key=sha16(keys, "_k", "origin", "model_name", "prompt_id")).drop("_k")
+    rows = rows.join(keys, on=["origin", "model_name", "prompt_id"], how="left", maintain_order="left")
     rows = rows.with_columns(candidate_id=sha16(rows, "work_key", "text"))
     blank = ~pl.col("text").fill_null("").str.contains(r"\S")
     reason = (pl.when(pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_text_bad")).then(pl.lit("non_string_content"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import polars as pl
 
 from prefdata.importing.candidates import unmappable
-from prefdata.importing.prompts import MESSAGE, prompt_fields, prompts_table, sha16, with_prompt_ids
+from prefdata.importing.prompts import MESSAGE, duckdb_query, prompt_fields, prompts_table, sha16_sql, with_prompt_ids
 from prefdata.importing.read import NONSTRING, ImportFile, find_column
 from prefdata.importing.spec import ImportSpec
 from prefdata.sources.mapping import PROMPT_COLUMNS
@@ -110,15 +110,17 @@ def import_pairs(imp: ImportFile, spec: ImportSpec) -> dict:
         rows = cols.with_columns(prompt=prompt, _c=c_resp, _r=r_resp, _split_ok=ok, _prompt_bad=pl.lit(False))
         rows = rows.with_columns(messages=_dialogue_messages(pl.col("prompt"), spec.human_marker, spec.marker))
         rows = rows.with_columns(id_text=pl.col("prompt"))
-    rows = with_prompt_ids(rows, imp.name)
+    rows = with_prompt_ids(rows, imp.name, distinct=False)  # pairs rarely share a prompt
     scores = {side: find_column(frame, f"{side}_score", spec.mapping, (f"{side}_score", f"score_{side}"))
               for side in ("chosen", "rejected")}
     rows = rows.with_columns(**{f"{side}_score": (frame[c].cast(pl.Float64) if c and frame.schema[c].is_numeric()
                                                    else pl.lit(None, pl.Float64)) for side, c in scores.items()})
     rows = rows.with_columns(pl.lit(spec.dataset).alias("dataset"))
-    rows = rows.with_columns(chosen_candidate_id=sha16(rows, "dataset", "prompt_id", "_c"),
-                             rejected_candidate_id=sha16(rows, "dataset", "prompt_id", "_r"))
-    rows = rows.with_columns(pair_id=sha16(rows, "dataset", "chosen_candidate_id", "rejected_candidate_id"))
+    ids = duckdb_query(rows.select("dataset", "prompt_id", "_c", "_r"), (
+        f"SELECT c AS chosen_candidate_id, r AS rejected_candidate_id, {sha16_sql('dataset', 'c', 'r')} AS pair_id "
+        f"FROM (SELECT dataset, {sha16_sql('dataset', 'prompt_id', '_c')} AS c, "
+        f"{sha16_sql('dataset', 'prompt_id', '_r')} AS r FROM t)"))
+    rows = pl.concat([rows, ids.select(pl.all().cast(pl.String))], how="horizontal")
 
     def blank(c: str) -> pl.Expr:
         return ~pl.col(c).fill_null("").str.contains(r"\S")

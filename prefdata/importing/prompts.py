@@ -19,22 +19,28 @@ from prefdata.sources.ids import normalise_array
 MESSAGE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def sha16(frame: pl.DataFrame, *parts: str) -> pl.Series:
-    """sha256 (16 hex) of the columns `parts` joined by U+001F, per row, vectorised in DuckDB.
-    A null part hashes as the empty string."""
+def duckdb_query(frame: pl.DataFrame, sql: str) -> pl.DataFrame:
+    """`sql` over `frame` (as table t) in DuckDB, which hashes on every core."""
     import duckdb
 
-    names = [f"c{i}" for i in range(len(parts))]
-    data = frame.select([pl.col(p).cast(pl.String).fill_null("").alias(n) for p, n in zip(parts, names)])
     con = duckdb.connect()
     try:
-        con.register("t", pa.Table.from_batches(data.to_arrow().to_batches(max_chunksize=65536))
-                     if data.height else data.to_arrow())
-        joined = ", chr(31), ".join(names)
-        out = con.sql(f"SELECT substr(sha256(concat({joined})), 1, 16) AS h FROM t").to_arrow_table()
+        data = frame.to_arrow()
+        con.register("t", pa.Table.from_batches(data.to_batches(max_chunksize=65536)) if frame.height else data)
+        return pl.from_arrow(con.sql(sql).to_arrow_table())
     finally:
         con.close()
-    return pl.from_arrow(out)["h"].cast(pl.String)
+
+
+def sha16_sql(*parts: str) -> str:
+    """SQL for sha256 (16 hex) of the columns `parts` joined by U+001F (a null part hashes as '')."""
+    joined = ", chr(31), ".join(f"coalesce(CAST(\"{p}\" AS VARCHAR), '')" for p in parts)
+    return f"substr(sha256(concat({joined})), 1, 16)"
+
+
+def sha16(frame: pl.DataFrame, *parts: str) -> pl.Series:
+    """sha256 (16 hex) of the columns `parts` joined by U+001F, per row."""
+    return duckdb_query(frame.select(parts), f"SELECT {sha16_sql(*parts)} AS h FROM t")["h"].cast(pl.String)
 
 
 def prompt_fields(frame: pl.DataFrame, prompt_col: str | None, messages_col: str | None,
@@ -66,26 +72,30 @@ def prompt_fields(frame: pl.DataFrame, prompt_col: str | None, messages_col: str
                         _prompt_bad=pl.lit(dtype not in (pl.String, pl.Null)))
 
 
-def with_prompt_ids(rows: pl.DataFrame, source: str) -> pl.DataFrame:
-    """Add prompt_id from id_text (rows whose id_text is null get a null id)."""
-    normal = pl.from_arrow(normalise_array(rows["id_text"].to_arrow())).cast(pl.String)
-    frame = pl.DataFrame({"s": pl.Series([source] * rows.height, dtype=pl.String), "t": normal})
-    frame = frame.with_columns(pl.concat_str("s", pl.lit("\n"), "t").alias("k"))
-    ids = _sha_newline(frame)
-    return rows.with_columns(prompt_id=pl.when(pl.col("id_text").is_not_null()).then(ids))
+def _normalised(texts: pl.Series) -> pl.Series:
+    """`normalise_array` of the texts it may change (`filters.needs_normalising`: non-ASCII, or
+    whitespace other than single spaces); the rest are normal already and pass as they are."""
+    from prefdata.filters import needs_normalising
+
+    frame = texts.alias("t").to_frame()
+    rows = frame.select(needs_normalising("t")).to_series().arg_true()
+    if len(rows) == 0:
+        return texts
+    fixed = pl.from_arrow(normalise_array(texts.gather(rows).to_arrow())).cast(pl.String)
+    return texts.scatter(rows, fixed)
 
 
-def _sha_newline(frame: pl.DataFrame) -> pl.Series:
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("t", pa.Table.from_batches(frame.select("k").to_arrow().to_batches(max_chunksize=65536))
-                     if frame.height else frame.select("k").to_arrow())
-        out = con.sql("SELECT substr(sha256(k), 1, 16) AS h FROM t").to_arrow_table()
-    finally:
-        con.close()
-    return pl.from_arrow(out)["h"].cast(pl.String)
+def with_prompt_ids(rows: pl.DataFrame, source: str, distinct: bool = True) -> pl.DataFrame:
+    """Add prompt_id from id_text (a null id_text gives a null id). With `distinct`, each distinct
+    text is normalised and hashed once (candidates repeat their prompt once per response)."""
+    texts = rows.select(pl.col("id_text").unique()) if distinct else rows.select("id_text")
+    keyed = texts.with_columns(k=pl.lit(source + "\n") + _normalised(texts["id_text"]))
+    ids = duckdb_query(keyed.select("k"), "SELECT substr(sha256(k), 1, 16) AS prompt_id FROM t")
+    ids = pl.concat([texts, ids.select(pl.col("prompt_id").cast(pl.String))], how="horizontal")
+    ids = ids.with_columns(prompt_id=pl.when(pl.col("id_text").is_not_null()).then("prompt_id"))
+    if not distinct:
+        return rows.with_columns(ids["prompt_id"])
+    return rows.join(ids.drop_nulls("id_text"), on="id_text", how="left", maintain_order="left")
 
 
 def prompts_table(kept: pl.DataFrame, source: str, split: str) -> pl.DataFrame:
