@@ -6,7 +6,7 @@ a reference answer and a 0/1 score column, which becomes imported judgments);
 pairs are 1,000,000 prompt/chosen/rejected rows in TRL's standard form with
 scores. Each import runs as the command line does (`prefdata.importing.import_file`)
 in a fresh Python process into a fresh workspace, so its peak resident memory
-(`ru_maxrss` of that process, from `os.wait4`) is its own; it is timed inside the
+(`ru_maxrss` of that process, read by itself at the end) is its own; it is timed inside the
 process (file read to manifest written) and as the whole process (interpreter
 and imports included). A re-import of the same file into the filled workspace
 (which must add nothing) is timed too. As a floor, the time `pyarrow` alone
@@ -47,14 +47,18 @@ spec = ImportSpec(path, kind, origin="policy", model_name="bench", dataset="benc
 t1 = time.perf_counter()
 summary = import_file(ws, spec)
 t2 = time.perf_counter()
-print(json.dumps({"import_s": t2 - t1, "startup_s": t1 - t0, "kept": summary["kept"], "added": summary["added"]}))
+import resource
+print(json.dumps({"import_s": t2 - t1, "startup_s": t1 - t0, "kept": summary["kept"], "added": summary["added"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 FLOOR = """
 import json, sys, time
 import pyarrow.parquet as pq
 t = time.perf_counter(); n = pq.read_table(sys.argv[1]).num_rows
-print(json.dumps({"import_s": time.perf_counter() - t, "startup_s": 0.0, "kept": n, "added": {}}))
+import resource
+print(json.dumps({"import_s": time.perf_counter() - t, "startup_s": 0.0, "kept": n, "added": {},
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -96,7 +100,6 @@ def run_child(code: str, args: list[str]) -> dict:
                             env=env, text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, proc.returncode, None)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed: {err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
@@ -105,18 +108,8 @@ def run_child(code: str, args: list[str]) -> dict:
 
 
 def measure(code: str, args_of, runs: int) -> list[dict]:
-    """Each run in a fresh process; peak RSS from the kernel's accounting of that child."""
-    results = []
-    for i in range(runs):
-        import resource
-
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        r = run_child(code, args_of(i))
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        # RUSAGE_CHILDREN's maxrss is the largest child so far: exact when this child is the largest
-        r["peak_rss_mb"] = after / 1024 if after > before or i == 0 else None
-        results.append(r)
-    return results
+    """Each run in a fresh process (its peak RSS is its own)."""
+    return [run_child(code, args_of(i)) for i in range(runs)]
 
 
 def _stats(values: list[float]) -> dict:
@@ -146,7 +139,8 @@ def main() -> None:
                 "added": fresh[0]["added"],
                 "import_s": _stats([r["import_s"] for r in fresh]),
                 "process_wall_s": _stats([r["wall_s"] for r in fresh]),
-                "peak_rss_mb": _stats([r["peak_rss_mb"] for r in fresh if r["peak_rss_mb"]]),
+                "peak_rss_mb": _stats([r["peak_rss_mb"] for r in fresh]),
+                "pyarrow_read_peak_rss_mb": _stats([r["peak_rss_mb"] for r in floor]),
                 "reimport_s": _stats([r["import_s"] for r in again]),
                 "pyarrow_read_s": _stats([r["import_s"] for r in floor]),
                 "workspace_mb": round(sum(f.stat().st_size for f in (tmp / f"ws-{kind}-0").rglob("*")

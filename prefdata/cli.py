@@ -74,7 +74,7 @@ def build(
     m: Optional[int] = typer.Option(None, "--m", help="Other-model samples per prompt."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for both models."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Max new tokens per sample."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm or reward_model."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm, reward_model, or imported:<column> (ratings from `prefdata import`)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model for the llm / reward_model judge."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
@@ -184,6 +184,7 @@ def import_(
     marker: str = typer.Option(r"\n\nAssistant:", "--marker", help="Implicit-prompt pairs: the text that ends the prompt (escapes like \\n allowed)."),
     format: str = typer.Option("auto", "--format", help="auto, jsonl, json, parquet, csv, hf."),
     split: str = typer.Option("train", "--split", help="Split of a dataset folder."),
+    source_name: Optional[str] = typer.Option(None, "--source-name", help="Source name hashed into prompt ids (default: the file's stem); give a prompt source's name (e.g. gsm8k) to share its ids."),
 ) -> None:
     """Import pre-generated candidates or existing preference pairs into a workspace.
 
@@ -200,7 +201,7 @@ def import_(
 
     spec = ImportSpec(file, as_.value, format=format, split=split, mapping=parse_map(map_), origin=origin,
                       model_name=model_name, dataset=dataset, ratings=tuple(rating) or None,
-                      marker=marker.replace("\\n", "\n").replace("\\t", "\t"))
+                      marker=marker.replace("\\n", "\n").replace("\\t", "\t"), source_name=source_name)
     typer.echo(format_summary(import_file(workspace, spec)))
 
 

@@ -3,7 +3,8 @@
 Modules: `spec` (ImportSpec, --map), `read` (the file, via the sources readers),
 `prompts` (prompt ids and the prompts table), `candidates` (flat and
 multi-completion rows), `pairs` (standard, conversational, implicit-prompt),
-`write` (idempotent, crash-safe parts and the manifest entry).
+`write` (idempotent, crash-safe parts and the manifest entry), `reuse` (what
+`prefdata build` takes from imports).
 
 >>> summary = import_file("ws", ImportSpec("gens.jsonl", "candidates", origin="policy",
 ...                                        model_name="my-model"))      # doctest: +SKIP

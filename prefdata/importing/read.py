@@ -162,17 +162,5 @@ def _dtype_name(dtype) -> str:
     return "text" if dtype == pl.String else ("list" if isinstance(dtype, pl.List) else str(dtype).lower())
 
 
-def text_or_null(frame: pl.DataFrame, column: str | None) -> pl.Expr:
-    """The column as text when it holds text; a non-text column gives null (counted by the caller)."""
-    if column is None:
-        return pl.lit(None, pl.String)
-    dtype = frame.schema[column]
-    if dtype == pl.String:
-        return pl.col(column)
-    if dtype == pl.Null:
-        return pl.lit(None, pl.String)
-    return pl.lit(None, pl.String)
-
-
 def is_text(frame: pl.DataFrame, column: str | None) -> bool:
     return column is not None and frame.schema[column] in (pl.String, pl.Null)

@@ -92,3 +92,45 @@ def test_a_built_dataset_name_is_refused(tmp_path):
     with pytest.raises(PrefdataError, match="was built by prefdata"):
         import_file(ws.root, ImportSpec(str(path), "pairs", dataset="scenario1"))
     assert sorted(p.name for p in ws.parts("pairs")) == before
+
+
+@pytest.mark.slow
+def test_imported_pairs_score_train_report_query_info_export(tmp_path):
+    """The whole downstream on imported pairs, with the shipped toy policy: real scoring and one
+    real training step."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from prefdata.config import resolve_model
+    from prefdata.export import export_pairs
+    from prefdata.info import workspace_info
+    from prefdata.query import run_query
+    from prefdata.score import score_pairs
+    from prefdata.train.config import TrainConfig
+    from prefdata.train.loop import train
+    from prefdata.train.losses import LossConfig
+    from prefdata.train.report import combined_report
+
+    rows = [{"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}. The answer is {a + b}.",
+             "rejected": f"The answer is {a + b + 1}."} for a, b in ((3, 4), (6, 2), (10, 5), (8, 9))]
+    _import(tmp_path, rows, dataset="mine")
+    ws = Workspace.open(tmp_path / "ws")
+    model = resolve_model("toy:policy")
+    summary = score_pairs(ws, model, dataset="mine", device="cpu", progress=lambda _m: None)
+    assert summary["rows_scored"] == 4
+    pairs = ws.read_polars("pairs")
+    assert pairs["ref_chosen_logp"].is_not_null().all() and pairs["rejected_tokens"].min() > 0
+    cfg = TrainConfig(dataset="mine", model_path=model, loss=LossConfig("dpo"), lr=1e-4, max_steps=1, batch_size=2,
+                      device="cpu", eval_every=1, checkpoint_every=50)
+    train(ws, cfg, progress=lambda _m: None)
+    report = combined_report(ws)
+    assert "mine-dpo" in report["text"]
+    result = run_query(ws, "SELECT dataset, kind, chosen_origin, count(*) AS n FROM pairs GROUP BY ALL")
+    assert result.to_pylist() == [{"dataset": "mine", "kind": "imported", "chosen_origin": "imported", "n": 4}]
+    info = workspace_info(ws)
+    assert info["datasets"] == [{"dataset": "mine", "scenario": 0, "kind": "imported", "pairs": 4, "scored": 4}]
+    out = export_pairs(ws, tmp_path / "out")["mine"]
+    assert sorted(pq.read_table(out["path"]).column("chosen").to_pylist()) == sorted(r["chosen"] for r in rows)
+    assert "| mine | 0 | imported |" in (tmp_path / "ws" / "README.md").read_text()
+    json.dumps(info, default=str)  # info --json serialises
