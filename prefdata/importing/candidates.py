@@ -28,7 +28,7 @@ import json
 import polars as pl
 
 from prefdata.errors import PrefdataError
-from prefdata.importing.prompts import prompt_fields, prompts_table, sha16, with_prompt_ids
+from prefdata.importing.prompts import duckdb_query, prompt_fields, prompts_table, sha16_sql, with_prompt_ids
 from prefdata.importing.read import NONSTRING, ImportFile, columns_text, find_column, is_text
 from prefdata.importing.spec import ImportSpec
 from prefdata.sources.mapping import MESSAGES_COLUMNS, PROMPT_COLUMNS
@@ -151,10 +151,10 @@ def import_candidates(imp: ImportFile, spec: ImportSpec) -> dict:
     rows = with_prompt_ids(rows, imp.name)
     model = pl.col("_file_model").fill_null(pl.lit(spec.model_name or imp.name))
     rows = rows.with_columns(model_name=model, origin=pl.lit(spec.origin))
-    keys = rows.select("origin", "model_name", "prompt_id").unique().with_columns(_k=pl.lit("import"))
-    keys = keys.with_columns(work_key=sha16(keys, "_k", "origin", "model_name", "prompt_id")).drop("_k")
-    rows = rows.join(keys, on=["origin", "model_name", "prompt_id"], how="left", maintain_order="left")
-    rows = rows.with_columns(candidate_id=sha16(rows, "work_key", "text"))
+    ids = duckdb_query(rows.select("origin", "model_name", "prompt_id", "text", _k=pl.lit("import")), (
+        f"SELECT work_key, {sha16_sql('work_key', 'text')} AS candidate_id FROM "
+        f"(SELECT {sha16_sql('_k', 'origin', 'model_name', 'prompt_id')} AS work_key, text FROM t)"))
+    rows = pl.concat([rows, ids.select(pl.all().cast(pl.String))], how="horizontal")
     blank = ~pl.col("text").fill_null("").str.contains(r"\S")
     reason = (pl.when(pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_text_bad")).then(pl.lit("non_string_content"))
               .when(pl.col("prompt").is_null() | ~pl.col("prompt").fill_null("").str.contains(r"\S"))

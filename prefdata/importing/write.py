@@ -1,17 +1,20 @@
 """Write an import into a workspace: idempotent, crash-safe, provenance in the manifest.
 
-Each table gets one part per imported file, keyed by the file's content hash
-(`import-<sha16>`; for pairs `import-<dataset>-<sha16>`). A part holds the
+Each table gets one part per import, keyed by the file's content hash and the
+import's settings (`import-<key>`, for pairs `import-<dataset>-<key>`), so the
+same file imported with another --origin or --map is another import. A part holds the
 file's rows that no *other* part has, by id (prompt_id, candidate_id, (candidate,
 judge, version), pair_id), so re-writing it is a pure function of the file and
 the rest of the workspace:
 
-* the same file imported twice writes the same parts again: nothing is added;
+* the same file imported twice with the same settings is found in the manifest
+  with its parts intact and skipped (were a part missing, it would be rewritten):
+  nothing is added;
 * a killed import leaves whole parts (temp file + fsync + rename) and no
   manifest entry; re-running it rewrites the same parts and ends with the same
   rows as an uninterrupted run;
 * the manifest (written last) records the file, its sha256, the mapping, the
-  counts and the drop reasons under the stage `import:<sha16>`.
+  counts and the drop reasons under the stage `import:<key>`.
 """
 
 from __future__ import annotations
@@ -28,8 +31,40 @@ IDS = {"prompts": ("prompt_id",), "candidates": ("candidate_id",),
 PREFIX = "import-"
 
 
-def part_key(kind: str, sha256: str, dataset: str | None) -> str:
-    return f"{PREFIX}{dataset}-{sha256[:16]}" if kind == "pairs" else f"{PREFIX}{sha256[:16]}"
+def part_key(sha256: str, settings: dict) -> str:
+    """`import-<16 hex>` of the file's hash and the settings that shape its rows."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([sha256, settings], sort_keys=True).encode()).hexdigest()[:16]
+    dataset = settings.get("dataset")
+    return f"{PREFIX}{dataset}-{digest}" if settings.get("as") == "pairs" else f"{PREFIX}{digest}"
+
+
+def stage_name(key: str) -> str:
+    return f"import:{key[len(PREFIX):]}"
+
+
+def already_imported(ws_root, key: str) -> dict | None:
+    """The recorded summary when this import finished before and its parts are all on disk."""
+    from pathlib import Path
+
+    root = Path(ws_root)
+    if not (root / "manifest.json").is_file():
+        return None
+    manifest = Workspace.open(root).manifest()
+    entry = manifest.get("stages", {}).get(stage_name(key))
+    if entry is None:
+        return None
+    name = f"part-{key}.parquet"
+    for table in IDS:
+        recorded = manifest.get("tables", {}).get(table, {}).get("parts", {}).get(name)
+        path = root / table / name
+        if recorded is None and entry["config"].get("added", {}).get(table):
+            return None  # rows were added to this table, but its part is gone
+        if recorded is not None and (not path.is_file() or path.stat().st_size != recorded["bytes"]):
+            return None
+    return entry["config"]
 
 
 def _ids(ws: Workspace, table: str, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -75,7 +110,7 @@ def write_import(ws: Workspace, tables: dict[str, pl.DataFrame | None], key: str
             elif mine.height:
                 ws.delete_part(table, key)
         record = {**record, "added": added}
-        ws.write_manifest(f"import:{key[len(PREFIX):]}", record)
+        ws.write_manifest(stage_name(key), record)
         atomic_write_bytes(ws.root / "README.md", dataset_card(ws).encode())
     return added
 

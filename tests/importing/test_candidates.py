@@ -52,7 +52,8 @@ def test_every_format_gives_the_same_candidates(tmp_path, fmt):
         digest.update(f.read_bytes())
     assert set(cands["model_hash"]) == {digest.hexdigest()[:16]}
     assert {json.loads(s)["sha256"] for s in cands["sampling_params"]} == {digest.hexdigest()}
-    assert ws.manifest()["stages"][f"import:{digest.hexdigest()[:16]}"]["config"]["sha256"] == digest.hexdigest()
+    imports = [s["config"] for name, s in ws.manifest()["stages"].items() if name.startswith("import:")]
+    assert [(i["sha256"], i["file"]) for i in imports] == [(digest.hexdigest(), str(path.resolve()))]
     # prompts: one row per prompt, ids as the prompt sources compute them
     prompts = ws.read_polars("prompts")
     source = path.stem if path.is_file() else path.name

@@ -97,3 +97,22 @@ def test_unmappable_file_exits_2_and_leaves_the_workspace_unchanged(tmp_path):
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and "found question (text), reply (text), n (int64)" in lines[0]
     assert _snapshot(tmp_path / "ws") == before
+
+
+def test_same_file_with_other_settings_is_another_import(tmp_path):
+    path = write_jsonl(tmp_path / "gens.jsonl", generations())
+    import_file(tmp_path / "ws", ImportSpec(str(path), "candidates", origin="policy"))
+    other = import_file(tmp_path / "ws", ImportSpec(str(path), "candidates", origin="other"))
+    assert other["added"]["candidates"] == 12
+    c = Workspace.open(tmp_path / "ws").read_polars("candidates")
+    assert sorted(c["origin"].value_counts().rows()) == [("other", 12), ("policy", 12)]
+
+
+def test_a_lost_part_is_rewritten_by_a_reimport(tmp_path):
+    path = write_jsonl(tmp_path / "gens.jsonl", generations())
+    import_file(tmp_path / "ws", ImportSpec(str(path), "candidates"))
+    rows = _rows(tmp_path / "ws")
+    for part in (tmp_path / "ws" / "candidates").glob("part-*.parquet"):
+        part.unlink()
+    again = import_file(tmp_path / "ws", ImportSpec(str(path), "candidates"))
+    assert again["added"]["candidates"] == 12 and _rows(tmp_path / "ws") == rows
