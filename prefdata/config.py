@@ -72,6 +72,9 @@ class JudgeConfig:
         if self.kind not in ("verifier", "llm", "reward_model", "imported"):
             raise PrefdataError(f"unknown judge kind {self.kind!r}",
                                 "use verifier, llm, reward_model or imported:<rating column>")
+        if self.kind == "imported" and not self.model:
+            raise PrefdataError("--judge imported names no rating column",
+                                "use --judge imported:<column>, e.g. --judge imported:overall_score")
         if self.kind != "verifier" and not self.model:
             raise PrefdataError(f"judge kind {self.kind!r} needs a model", "set [judge] model = \"PATH\"")
         if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):

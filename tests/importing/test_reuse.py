@@ -98,3 +98,13 @@ def test_generation_never_prunes_imported_rows(tmp_path):
     with ws.writer():
         assert gen_stage._prune(ws, "policy", wanted=set()) == 0
     assert ws.count("candidates") == 12
+
+
+def test_judge_imported_needs_a_column():
+    from prefdata.config import JudgeConfig
+
+    assert (JudgeConfig(kind="imported:overall_score").kind, JudgeConfig(kind="imported:overall_score").model) == (
+        "imported", "overall_score")
+    for kind in ("imported", "imported:"):
+        with pytest.raises(PrefdataError, match="names no rating column"):
+            JudgeConfig(kind=kind)
