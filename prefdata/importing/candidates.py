@@ -10,6 +10,9 @@ Two row layouts:
   (e.g. `overall_score`), or a plain list of texts. Each completion becomes
   one candidate.
 
+A candidate keeps the first rating it was imported with (judgments are keyed
+by candidate, judge and version).
+
 A rating column becomes judgments of the judge ``imported:<column>`` (score as
 given; a boolean label scores 1/0 and also sets ``correct``), so `build --judge
 imported:<column>` pairs on it directly. Candidate ids are content keys
@@ -40,7 +43,6 @@ SOLUTION_NAMES = ("reference_solution", "solution", "reference")
 ANSWER_NAMES = ("reference_answer", "final_answer", "gold_answer", "answer")
 RATING_NAMES = ("score", "rating", "reward", "label", "correct", "is_correct", "overall_score")
 TEXT_FIELDS = ("response", "text", "completion", "output", "content")
-REASONS = ("non_string_content", "missing_prompt", "missing_response", "duplicate")
 
 
 def _numeric(dtype) -> bool:
@@ -156,7 +158,8 @@ def import_candidates(imp: ImportFile, spec: ImportSpec) -> dict:
         f"(SELECT {sha16_sql('_k', 'origin', 'model_name', 'prompt_id')} AS work_key, text FROM t)"))
     rows = pl.concat([rows, ids.select(pl.all().cast(pl.String))], how="horizontal")
     blank = ~pl.col("text").fill_null("").str.contains(r"\S")
-    reason = (pl.when(pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_text_bad")).then(pl.lit("non_string_content"))
+    wrong_type = pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_text_bad")
+    reason = (pl.when(wrong_type).then(pl.lit("non_string_content"))
               .when(pl.col("prompt").is_null() | ~pl.col("prompt").fill_null("").str.contains(r"\S"))
               .then(pl.lit("missing_prompt"))
               .when(blank).then(pl.lit("missing_response"))

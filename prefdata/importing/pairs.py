@@ -30,8 +30,6 @@ from prefdata.importing.read import NONSTRING, ImportFile, find_column
 from prefdata.importing.spec import ImportSpec
 from prefdata.sources.mapping import PROMPT_COLUMNS
 
-REASONS = ("non_string_content", "missing_prompt", "missing_chosen", "missing_rejected", "unsplittable_dialogue",
-           "chosen_equals_rejected", "duplicate")
 
 
 def _literal_pattern(text: str) -> str:
@@ -125,7 +123,8 @@ def import_pairs(imp: ImportFile, spec: ImportSpec) -> dict:
     def blank(c: str) -> pl.Expr:
         return ~pl.col(c).fill_null("").str.contains(r"\S")
 
-    reason = (pl.when(pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_resp_bad")).then(pl.lit("non_string_content"))
+    wrong_type = pl.col(NONSTRING) | pl.col("_prompt_bad") | pl.col("_resp_bad")
+    reason = (pl.when(wrong_type).then(pl.lit("non_string_content"))
               .when(blank("_c0")).then(pl.lit("missing_chosen"))
               .when(blank("_r0")).then(pl.lit("missing_rejected"))
               .when(~pl.col("_split_ok")).then(pl.lit("unsplittable_dialogue"))
