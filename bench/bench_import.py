@@ -44,20 +44,26 @@ t0 = time.perf_counter()
 from prefdata.importing import ImportSpec, import_file
 kind, ws, path = sys.argv[1:4]
 spec = ImportSpec(path, kind, origin="policy", model_name="bench", dataset="bench" if kind == "pairs" else None)
-t1 = time.perf_counter()
-summary = import_file(ws, spec)
-t2 = time.perf_counter()
 import resource
-print(json.dumps({"import_s": t2 - t1, "startup_s": t1 - t0, "kept": summary["kept"], "added": summary["added"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+t1, c1 = time.perf_counter(), cpu()
+summary = import_file(ws, spec)
+t2, c2 = time.perf_counter(), cpu()
+print(json.dumps({"import_s": t2 - t1, "cpu_s": c2 - c1, "startup_s": t1 - t0, "kept": summary["kept"],
+                  "added": summary["added"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 FLOOR = """
 import json, sys, time
 import pyarrow.parquet as pq
-t = time.perf_counter(); n = pq.read_table(sys.argv[1]).num_rows
 import resource
-print(json.dumps({"import_s": time.perf_counter() - t, "startup_s": 0.0, "kept": n, "added": {},
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+t, c = time.perf_counter(), cpu(); n = pq.read_table(sys.argv[1]).num_rows
+print(json.dumps({"import_s": time.perf_counter() - t, "cpu_s": cpu() - c, "startup_s": 0.0, "kept": n, "added": {},
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -138,11 +144,13 @@ def main() -> None:
                 "file_mb": round(path.stat().st_size / 1e6, 1), "kept": fresh[0]["kept"],
                 "added": fresh[0]["added"],
                 "import_s": _stats([r["import_s"] for r in fresh]),
+                "import_cpu_s": _stats([r["cpu_s"] for r in fresh]),
                 "process_wall_s": _stats([r["wall_s"] for r in fresh]),
                 "peak_rss_mb": _stats([r["peak_rss_mb"] for r in fresh]),
                 "pyarrow_read_peak_rss_mb": _stats([r["peak_rss_mb"] for r in floor]),
                 "reimport_s": _stats([r["import_s"] for r in again]),
                 "pyarrow_read_s": _stats([r["import_s"] for r in floor]),
+                "pyarrow_read_cpu_s": _stats([r["cpu_s"] for r in floor]),
                 "workspace_mb": round(sum(f.stat().st_size for f in (tmp / f"ws-{kind}-0").rglob("*")
                                           if f.is_file()) / 1e6, 1)}
             for i in range(args.runs):
@@ -161,17 +169,22 @@ def markdown(r: dict) -> str:
              f"`python bench/bench_import.py` on {r['rows']:,} rows per file, {r['runs']} runs each, every run a fresh "
              f"process into a fresh workspace; {r['cpus']} CPUs, Python {r['python']}, polars {r['polars']}. "
              "Medians, with min-max.", "",
-             "| import | file | kept | import (s) | whole process (s) | peak RSS (MB) | re-import, adds 0 (s) "
-             "| pyarrow read alone (s) | workspace |", "|---|---|---|---|---|---|---|---|---|"]
+             "| import | file | kept | import, wall (s) | import, CPU user+sys (s) | whole process, wall (s) "
+             "| peak RSS (MB) | re-import, adds 0 (s) | pyarrow read alone, wall / CPU (s) | workspace |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(s: dict) -> str:
         return f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if s.get("runs") else "-"
 
     for kind, x in r["results"].items():
         lines.append(f"| {kind} (Parquet) | {x['file_mb']} MB | {x['kept']:,} | **{cell(x['import_s'])}** | "
-                     f"{cell(x['process_wall_s'])} | {cell(x['peak_rss_mb'])} | {cell(x['reimport_s'])} | "
-                     f"{cell(x['pyarrow_read_s'])} | {x['workspace_mb']} MB |")
-    lines += ["", "Rows added by the first import: " + "; ".join(
+                     f"{cell(x['import_cpu_s'])} | {cell(x['process_wall_s'])} | {cell(x['peak_rss_mb'])} | "
+                     f"{cell(x['reimport_s'])} | {cell(x['pyarrow_read_s'])} / {cell(x['pyarrow_read_cpu_s'])} | "
+                     f"{x['workspace_mb']} MB |")
+    lines += ["", "CPU time (user + system, all threads, from `getrusage` in the importing process) does not "
+              "grow with the other processes on a shared machine the way wall time does; on an idle machine "
+              "the wall time of a run is at most about its CPU time (both cores busy at once make it less).",
+              "", "Rows added by the first import: " + "; ".join(
         f"{k}: {v['added']}" for k, v in r["results"].items()) + ".", "",
         f"Load average (1/5/15 min) before/after: {[round(x, 2) for x in r['load_before']]} / "
         f"{[round(x, 2) for x in r['load_after']]} (the machine is shared).", ""]
