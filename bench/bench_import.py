@@ -183,7 +183,8 @@ def markdown(r: dict) -> str:
                      f"{x['workspace_mb']} MB |")
     lines += ["", "CPU time (user + system, all threads, from `getrusage` in the importing process) does not "
               "grow with the other processes on a shared machine the way wall time does; on an idle machine "
-              "the wall time of a run is at most about its CPU time (both cores busy at once make it less).",
+              "a run's wall time is about its CPU time or less (two cores working at once), plus any wait "
+              "for the disk (every part is fsynced). The load average below says how shared it was.",
               "", "Rows added by the first import: " + "; ".join(
         f"{k}: {v['added']}" for k, v in r["results"].items()) + ".", "",
         f"Load average (1/5/15 min) before/after: {[round(x, 2) for x in r['load_before']]} / "

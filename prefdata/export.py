@@ -13,7 +13,8 @@ atomically (temp file, fsync, rename), so a reader never sees half a file:
   In the *implicit-prompt* form (`implicit_prompt`) there is no prompt column:
   ``chosen`` and ``rejected`` are whole Human/Assistant dialogues sharing the
   prompt as a prefix ("\\n\\nHuman: <turn>\\n\\nAssistant: <response>", as in
-  Anthropic's HH-RLHF); a prompt that already ends with the assistant marker (an
+  Anthropic's HH-RLHF; the form has no system role, so a system turn is written
+  as a Human turn); a prompt that already ends with the assistant marker (an
   imported implicit-prompt pair) is written as it is.
 * ``parquet``: the raw pairs rows, every column of ``schemas/pairs.json``.
 
