@@ -22,6 +22,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 from prefdata.config import TOY, BuildConfig
@@ -63,9 +64,19 @@ def _resolve_toy(spec, seed: int):
 
 def step_ingest(state: BuildState) -> BuildState:
     """Load the source's prompts, drop contaminated and near-duplicate ones (before
-    sampling and --limit); store the ones the workspace does not have yet."""
+    sampling and --limit); store the ones the workspace does not have yet. With no source
+    named and imported candidates present, build on the imported candidates' prompts."""
+    from prefdata.importing.reuse import imported_prompts
     from prefdata.sources import load_prompts
 
+    if state.cfg.source.path_or_name == TOY:
+        imported = imported_prompts(state.ws)
+        if imported is not None:
+            state.prompts = imported
+            state.summary["prompts"] = {"source": "imported", "rows_kept": imported.num_rows,
+                                        "duplicates_removed": 0, "new_in_workspace": 0, "heldout_stored": 0}
+            state.log(f"prompts: {imported.num_rows} from imported candidates")
+            return state
     spec = _resolve_toy(state.cfg.source, state.cfg.seed)
     heldout = _load_heldout(state, spec)
     hygiene = _prompt_hygiene(state, heldout)
@@ -150,11 +161,18 @@ def _new_prompts(ws: Workspace, prompts):
 def step_generate(state: BuildState) -> BuildState:
     """Sample the policy and/or other model, as the scenarios need; cached by work key."""
     from prefdata.generate import generate_candidates, reference_candidates, write_reference_candidates
+    from prefdata.importing.reuse import imported_work_keys
 
     origins = state.cfg.origins()
     state.summary["generation"] = {}
     for origin in ("policy", "other"):
         if origin not in origins:
+            continue
+        keys, n_imported = imported_work_keys(state.ws, state.prompts.column("prompt_id"), origin)
+        if n_imported:  # imported responses stand in for this origin's samples: no model is loaded
+            state.work_keys |= keys
+            state.summary["generation"][origin] = {"imported": n_imported, "candidates_written": 0}
+            state.log(f"{origin}: {n_imported} imported candidates used, nothing generated")
             continue
         gen_cfg = getattr(state.cfg, origin)
         stats = generate_candidates(state.ws, state.prompts, gen_cfg)
@@ -193,20 +211,26 @@ def step_judge(state: BuildState) -> BuildState:
     """Judge this build's candidates that the judge has not seen, then gather the verdicts."""
     import polars as pl
 
+    from prefdata.importing.reuse import JUDGE_VERSION, imported_verdicts
     from prefdata.judge import judge_candidates
 
-    judge = make_judge(state.cfg)
-    try:
-        counts = judge_candidates(state.ws, judge, batch_size=state.cfg.judge.batch_size)
-    finally:
-        getattr(judge, "close", lambda: None)()
+    if state.cfg.judge.kind == "imported":  # the file's ratings are the verdicts: nothing to judge
+        judge = SimpleNamespace(name=f"imported:{state.cfg.judge.model}", version=JUDGE_VERSION)
+        verdicts = imported_verdicts(state.ws, judge.name)
+        counts = {"judged": 0}
+    else:
+        judge = make_judge(state.cfg)
+        try:
+            counts = judge_candidates(state.ws, judge, batch_size=state.cfg.judge.batch_size)
+        finally:
+            getattr(judge, "close", lambda: None)()
+        verdicts = state.ws.read_polars("judgments").filter(
+            (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
+            "candidate_id", "score", "correct", "status")
     prompt_ids = state.prompts.column("prompt_id").to_pylist()
     # this build's rows only: older settings' rows (kept for other datasets) are not its candidates
     candidates = state.ws.read_polars("candidates").filter(pl.col("prompt_id").is_in(prompt_ids)).filter(
         pl.col("work_key").is_in(list(state.work_keys)))
-    verdicts = state.ws.read_polars("judgments").filter(
-        (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
-        "candidate_id", "score", "correct", "status")
     prompts = pl.from_arrow(state.prompts.select(["prompt_id", "prompt", "messages"]))
     state.scored = (candidates.join(verdicts, on="candidate_id", how="left").join(prompts, on="prompt_id")
                     .with_columns(pl.lit(judge.name).alias("judge_name")))
@@ -385,7 +409,8 @@ def format_summary(summary: dict) -> str:
                      f"prompts, n-grams of {h['n']} words" + (", chosen responses too" if h["chosen_checked"] else ""))
     for origin, g in summary.get("generation", {}).items():
         lines.append(f"candidates {origin:<10}{g.get('candidates_written', 0)} new"
-                     + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))
+                     + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else "")
+                     + (f", {g['imported']} imported" if "imported" in g else ""))
     j = summary["judging"]
     lines.append(f"judged            {j.get('judged', 0)} new by {j['judge']} "
                  f"({j['candidates_in_build']} candidates in this build)")

@@ -12,7 +12,12 @@ SCENARIO_RULES = {
     2: ("mixed", "dataset reference solution", "worst policy sample"),
     3: ("mixed", "best policy sample", "worst of M other-model samples"),
     4: ("off-policy", "dataset reference solution", "other-model sample"),
+    0: ("imported", "the imported file's chosen response", "the imported file's rejected response"),
 }
+
+
+def _reasons(dropped: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"
 
 
 def dataset_card(ws: Workspace) -> str:
@@ -45,6 +50,10 @@ def dataset_card(ws: Workspace) -> str:
     lines += ["", "Models (candidates by origin):", ""]
     lines += [f"- {m['origin']}: `{m['model_name']}` weights `{m['model_hash']}` via {m['backend']}: "
               f"{m['candidates']} candidates" for m in info["models"]]
+    if info["imports"]:
+        lines += ["", "Imported files (rows dropped with their reasons):", ""]
+        lines += [f"- `{i['file']}` (sha256 `{i['sha256'][:16]}`) as {i['as']} ({i['layout']}): {i['rows_read']} rows "
+                  f"read, {i['kept']} kept, dropped: {_reasons(i['dropped'])}" for i in info["imports"]]
     lines += ["", "Judges:", ""]
     lines += [f"- `{j['judge_name']}` version `{j['judge_version']}`: {j['judgments']} {j['status']}"
               for j in info["judges"]]

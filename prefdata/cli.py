@@ -75,7 +75,7 @@ def build(
     m: Optional[int] = typer.Option(None, "--m", help="Other-model samples per prompt."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for both models."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Max new tokens per sample."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm or reward_model."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm, reward_model, or imported:<column> (ratings from `prefdata import`)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model for the llm / reward_model judge."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
     decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a run of select.decontaminate_n words (default 13) with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
@@ -169,15 +169,56 @@ def export(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
     conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
     keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
+    implicit_prompt: bool = typer.Option(False, "--implicit-prompt", help="Implicit-prompt form: chosen/rejected are whole Human/Assistant dialogues, no prompt column."),
 ) -> None:
     """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
     from prefdata.export import export_pairs
     from prefdata.store import Workspace
 
     result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
-                          conversational=conversational, keep_provenance=keep_provenance)
+                          conversational=conversational, keep_provenance=keep_provenance,
+                          implicit_prompt=implicit_prompt)
     for name, info in result.items():
         typer.echo(f"{name}: {info}")
+
+
+class ImportKind(str, Enum):
+    candidates = "candidates"
+    pairs = "pairs"
+
+
+@app.command("import")
+def import_(
+    workspace: Path = typer.Argument(..., help="Workspace directory (created if missing)."),
+    file: str = typer.Argument(..., help="JSONL, JSON, Parquet or CSV file, or a `datasets` save_to_disk folder."),
+    as_: ImportKind = typer.Option(..., "--as", help="candidates: responses to judge and pair; pairs: finished pairs."),
+    origin: str = typer.Option("policy", "--origin", help="Candidates: policy (the model you will train) or other."),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Candidates: model name where the file has no model column."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Pairs: the dataset name they are stored under (required)."),
+    map_: Optional[str] = typer.Option(None, "--map", help="Map fields to the file's columns: response=completion,prompt=question."),
+    rating: list[str] = typer.Option([], "--rating", help="Candidates: score/label column stored as judge imported:<column> (default: auto)."),
+    marker: str = typer.Option(r"\n\nAssistant:", "--marker", help="Implicit-prompt pairs: the text that ends the prompt (escapes like \\n allowed)."),
+    format: str = typer.Option("auto", "--format", help="auto, jsonl, json, parquet, csv, hf."),
+    split: str = typer.Option("train", "--split", help="Split of a dataset folder."),
+    source_name: Optional[str] = typer.Option(None, "--source-name", help="Source name hashed into prompt ids (default: the file's stem); give a prompt source's name (e.g. gsm8k) to share its ids."),
+) -> None:
+    """Import pre-generated candidates or existing preference pairs into a workspace.
+
+    Candidates get judged and paired by a following `prefdata build WS --scenario N` (no
+    generation); ratings in the file become judgments of `imported:<column>`
+    (`build --judge imported:<column>` pairs on them). Pairs are kept under --dataset with
+    origin `imported`, ready for score, train, query and export. Bad rows are dropped with a
+    counted reason; the same file imported twice adds nothing.
+
+    Examples: prefdata import ws gens.jsonl --as candidates --origin policy --model-name my-7b;
+    prefdata import ws hh.parquet --as pairs --dataset hh
+    """
+    from prefdata.importing import ImportSpec, format_summary, import_file, parse_map
+
+    spec = ImportSpec(file, as_.value, format=format, split=split, mapping=parse_map(map_), origin=origin,
+                      model_name=model_name, dataset=dataset, ratings=tuple(rating) or None,
+                      marker=marker.replace("\\n", "\n").replace("\\t", "\t"), source_name=source_name)
+    typer.echo(format_summary(import_file(workspace, spec)))
 
 
 def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:

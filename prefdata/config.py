@@ -50,7 +50,8 @@ class JudgeConfig:
     """Which judge scores candidates. `verifier` needs reference answers; `llm` uses the
     study's 1-5 rubric served by `model` through `backend`; `reward_model` a sequence classifier."""
 
-    kind: str = field(default="verifier", metadata=one_of("verifier", "llm", "reward_model"))
+    # "imported:<column>" (ratings imported with `prefdata import`) becomes kind "imported", model <column>
+    kind: str = field(default="verifier", metadata=one_of("verifier", "llm", "reward_model", "imported"))
     model: str | None = None
     backend: str = field(default="auto", metadata=one_of("auto", "vllm", "transformers", "openai"))
     endpoint_url: str | None = None
@@ -66,7 +67,13 @@ class JudgeConfig:
     max_model_len: int | None = field(default=None, metadata=at_least(1))
 
     def __post_init__(self):
+        if isinstance(self.kind, str) and self.kind.startswith("imported:"):
+            object.__setattr__(self, "model", self.kind.partition(":")[2])
+            object.__setattr__(self, "kind", "imported")
         check_instance(self)
+        if self.kind == "imported" and not self.model:
+            raise PrefdataError("--judge imported names no rating column",
+                                "use --judge imported:<column>, e.g. --judge imported:overall_score")
         if self.kind != "verifier" and not self.model:
             raise PrefdataError(f"judge kind {self.kind!r} needs a model",
                                 "pass --judge-model PATH or set [judge] model = \"PATH\"")

@@ -10,6 +10,12 @@ atomically (temp file, fsync, rename), so a reader never sees half a file:
   renders them through the tokenizer's chat template, as generation did.
   `keep_provenance` adds ids, origins, scores and reference log-probs as extra
   columns (TRL drops columns it does not use).
+  In the *implicit-prompt* form (`implicit_prompt`) there is no prompt column:
+  ``chosen`` and ``rejected`` are whole Human/Assistant dialogues sharing the
+  prompt as a prefix ("\\n\\nHuman: <turn>\\n\\nAssistant: <response>", as in
+  Anthropic's HH-RLHF; the form has no system role, so a system turn is written
+  as a Human turn); a prompt that already ends with the assistant marker (an
+  imported implicit-prompt pair) is written as it is.
 * ``parquet``: the raw pairs rows, every column of ``schemas/pairs.json``.
 
 >>> export_pairs("ws", "trl-data", conversational=True)   # doctest: +SKIP
@@ -41,8 +47,12 @@ PROVENANCE = (
 )
 
 
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # the implicit-prompt form's turn markers
+
+
 def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
-                 conversational: bool | None = None, keep_provenance: bool = False) -> dict:
+                 conversational: bool | None = None, keep_provenance: bool = False,
+                 implicit_prompt: bool = False) -> dict:
     """Write `out_dir/<dataset>.parquet` for each dataset (or the one named); returns, per
     dataset, ``{"path", "rows", "format", "form", "columns"}``.
 
@@ -55,9 +65,12 @@ def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
 
     if format not in FORMATS:
         raise PrefdataError(f"unknown export format {format!r}", f"use one of: {', '.join(FORMATS)}")
-    if format == "parquet" and conversational:
-        raise PrefdataError("--conversational applies to --format trl only",
-                            "drop --conversational, or use --format trl")
+    if format == "parquet" and (conversational or implicit_prompt):
+        raise PrefdataError("--conversational and --implicit-prompt apply to --format trl only",
+                            "drop them, or use --format trl")
+    if conversational and implicit_prompt:
+        raise PrefdataError("--conversational and --implicit-prompt are two different forms",
+                            "pick one of them")
     if not isinstance(ws, Workspace):
         ws = Workspace.open(ws)
     out = Path(out_dir)
@@ -92,6 +105,8 @@ def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
         rows = pairs.filter(pl.col("dataset") == name)
         if format == "parquet":
             table, form = _raw_table(rows), "raw"
+        elif implicit_prompt:
+            table, form = _implicit_table(rows, keep_provenance), "implicit"
         else:
             chat = conversational if conversational is not None else _has_messages(rows)
             table = _trl_table(rows, chat, keep_provenance)
@@ -151,6 +166,31 @@ def _trl_table(rows, conversational: bool, keep_provenance: bool):
         fields += [pairs_schema.field(c) for c in PROVENANCE]
     target = pa.schema(fields)
     # Polars hands out large_string / large_list; cast to the declared (plain) types.
+    return frame.to_arrow().select(target.names).cast(target)
+
+
+def _implicit_table(rows, keep_provenance: bool):
+    """chosen/rejected as whole dialogues: the prompt (its chat turns when it has them) framed
+    by the Human/Assistant markers, then one space and the response."""
+    import polars as pl
+    import pyarrow as pa
+
+    from prefdata.schemas import schema
+
+    el = pl.element().struct
+    turns = pl.col("messages").list.eval(pl.concat_str(
+        pl.when(el.field("role") == "assistant").then(pl.lit(ASSISTANT)).otherwise(pl.lit(HUMAN)),
+        pl.lit(" "), el.field("content").fill_null(""))).list.join("")
+    framed = (pl.when(pl.col("prompt").str.ends_with(ASSISTANT)).then(pl.col("prompt"))
+              .when(pl.col("messages").list.len().fill_null(0) > 0).then(turns + pl.lit(ASSISTANT))
+              .otherwise(pl.lit(HUMAN + " ") + pl.col("prompt") + pl.lit(ASSISTANT)))
+    frame = rows.select((framed + " " + pl.col("chosen")).alias("chosen"),
+                        (framed + " " + pl.col("rejected")).alias("rejected"),
+                        *(pl.col(c) for c in PROVENANCE if keep_provenance))
+    fields = [pa.field(c, pa.string(), nullable=False) for c in ("chosen", "rejected")]
+    if keep_provenance:
+        fields += [schema("pairs").field(c) for c in PROVENANCE]
+    target = pa.schema(fields)
     return frame.to_arrow().select(target.names).cast(target)
 
 

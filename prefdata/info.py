@@ -13,6 +13,10 @@ def workspace_info(ws: Workspace) -> dict:
     info = {"workspace": str(ws.root), "prefdata_version": manifest.get("prefdata_version"),
             "schema_version": manifest.get("schema_version"), "updated_at": manifest.get("updated_at"),
             "tables": {}, "stages": sorted(manifest.get("stages", {}))}
+    # each imported file's counts and drop reasons, as recorded by `prefdata import`
+    info["imports"] = [{k: entry["config"].get(k) for k in ("file", "sha256", "as", "layout", "rows_read", "kept",
+                                                             "dropped", "added")}
+                       for stage, entry in sorted(manifest.get("stages", {}).items()) if stage.startswith("import:")]
     for table in TABLES:
         parts = ws.parts(table)
         info["tables"][table] = {"rows": ws.count(table), "parts": len(parts),
@@ -69,6 +73,10 @@ def format_info(info: dict) -> str:
 
     section("sources", info["sources"])
     section("models", info["models"])
+    if info["imports"]:
+        section("imports", [{"file": i["file"], "as": i["as"], "read": i["rows_read"], "kept": i["kept"],
+                             "dropped": ",".join(f"{k}:{v}" for k, v in i["dropped"].items()) or "none"}
+                            for i in info["imports"]])
     section("judges", info["judges"])
     section("datasets (pairs)", info["datasets"])
     section("data hygiene (prompts dropped before generation)", info.get("hygiene", []))

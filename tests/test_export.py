@@ -208,3 +208,20 @@ def _load(folder):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
+
+
+def test_implicit_prompt_form_is_whole_dialogues(ws, tmp_path):
+    result = export_pairs(ws, tmp_path / "out", dataset="mix-1x0.5-4x0.5", implicit_prompt=True)["mix-1x0.5-4x0.5"]
+    assert result["form"] == "implicit" and result["columns"] == ["chosen", "rejected"]
+    rows = sorted(pq.read_table(result["path"]).to_pylist(), key=lambda r: r["chosen"])
+    # a plain prompt becomes one Human turn; a chat prompt keeps its turns (the system turn as a Human turn)
+    assert rows == sorted([
+        {"chosen": "\n\nHuman: What is 5 - 1?\n\nAssistant: 5 - 1 = 4. The answer is 4.",
+         "rejected": "\n\nHuman: What is 5 - 1?\n\nAssistant: 5 - 1 = 3. The answer is 3."},
+        {"chosen": "\n\nHuman: Answer briefly.\n\nHuman: What is 2 + 2?\n\nAssistant: We compute 2 + 2 = 4.\n#### 4",
+         "rejected": "\n\nHuman: Answer briefly.\n\nHuman: What is 2 + 2?\n\nAssistant: Answer: 5"},
+    ], key=lambda r: r["chosen"])
+    with pytest.raises(PrefdataError, match="two different forms"):
+        export_pairs(ws, tmp_path / "out", conversational=True, implicit_prompt=True)
+    with pytest.raises(PrefdataError, match="--format trl only"):
+        export_pairs(ws, tmp_path / "out", format="parquet", implicit_prompt=True)
