@@ -338,11 +338,13 @@ def step_finish(state: BuildState) -> BuildState:
 STEPS = [step_ingest, step_generate, step_judge, step_select, step_finish]
 
 
-def preflight(cfg: BuildConfig) -> None:
+def preflight(cfg: BuildConfig, workspace: Path | None = None) -> None:
     """Check every path and model the build will use before the workspace is touched or any
-    model loads: a misspelled judge model fails now, not after all policy generation."""
+    model loads: a misspelled judge model fails now, not after all policy generation. An
+    origin whose candidates were imported into `workspace` needs no model, so none is checked."""
     from prefdata.generate import validate_model_dir
     from prefdata.generate.registry import resolve_backend_name
+    from prefdata.importing.reuse import imported_origins
 
     spec = cfg.source
     if spec.path_or_name != TOY and not Path(spec.path_or_name).expanduser().exists():
@@ -350,13 +352,14 @@ def preflight(cfg: BuildConfig) -> None:
 
         if not _looks_like_hub_id(spec.path_or_name):
             read_source(spec)  # a mistyped path fails here with its message (a hub id loads at ingest)
-    for origin in sorted(cfg.origins() & {"policy", "other"}):
+    imported = imported_origins(workspace) if workspace is not None else set()
+    for origin in sorted(cfg.origins() & {"policy", "other"} - imported):
         gen = getattr(cfg, origin)
         remote = resolve_backend_name(gen.backend) == "openai"
         validate_model_dir(gen.model, need_weights=not remote, allow_pickle=gen.allow_pickle,
                            trust_remote_code=gen.trust_remote_code)
     judge = cfg.judge
-    if judge.kind != "verifier":
+    if judge.kind not in ("verifier", "imported"):
         remote = judge.kind == "llm" and resolve_backend_name(judge.backend) == "openai"
         validate_model_dir(judge.model, need_weights=not remote, trust_remote_code=judge.trust_remote_code)
 
@@ -366,7 +369,7 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     started = time.time()
     if cfg.quiet:
         _silence_library_progress()
-    preflight(cfg)
+    preflight(cfg, Path(workspace))
     from prefdata.check import refuse_if_damaged
 
     refuse_if_damaged(Path(workspace))  # before the lock: a damaged workspace is left exactly as it was

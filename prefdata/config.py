@@ -177,6 +177,15 @@ def origin_of(labels: dict[str, str], default: str):
     return origin
 
 
+def _imported_judge(judge: dict) -> dict:
+    """`kind = "imported:<column>"` (ratings imported with `prefdata import`) as kind "imported"
+    with the column as its model, the form the typed field checks."""
+    kind = judge.get("kind")
+    if isinstance(kind, str) and kind.startswith("imported:"):
+        judge.update(kind="imported", model=kind.partition(":")[2])
+    return judge
+
+
 def _make(cls, section: str, values: dict, where=None, **extra):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -262,7 +271,7 @@ def build_config(raw: dict, origin=None) -> BuildConfig:
         heldout=top.get("heldout", 64),
         source=_make(SourceSpec, "source", source, origin),
         policy=generation("policy"), other=generation("other"),
-        judge=_make(JudgeConfig, "judge", dict(raw.get("judge", {})), origin),
+        judge=_make(JudgeConfig, "judge", _imported_judge(dict(raw.get("judge", {}))), origin),
         select=select,
     )
 

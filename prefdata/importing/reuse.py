@@ -38,6 +38,18 @@ def imported_prompts(ws) -> pa.Table | None:
     return prompts.to_arrow()
 
 
+def imported_origins(workspace) -> set[str]:
+    """Origins that imported candidates stand in for, in the workspace at `workspace` (a path;
+    nothing when it is not a workspace yet): a build needs no model for those."""
+    from pathlib import Path
+
+    from prefdata.store import MANIFEST, Workspace
+
+    if not (Path(workspace) / MANIFEST).is_file():
+        return set()
+    return set(_imported(Workspace.open(workspace), ["origin"])["origin"].unique().to_list())
+
+
 def imported_work_keys(ws, prompt_ids: pa.Array | pa.ChunkedArray, origin: str) -> tuple[set[str], int]:
     """Work keys and the number of imported candidates of `origin` among `prompt_ids`."""
     rows = _imported(ws, ["prompt_id", "origin", "work_key"]).filter(

@@ -91,15 +91,6 @@ def test_unknown_imported_judge_is_a_clear_error(tmp_path):
         build(tmp_path / "ws", _cfg(1, judge__kind="imported:helpfulness"), log=lambda _m: None)
 
 
-def test_generation_never_prunes_imported_rows(tmp_path):
-    path = write_jsonl(tmp_path / "gens.jsonl", generations())
-    import_file(tmp_path / "ws", ImportSpec(str(path), "candidates", origin="policy"))
-    ws = Workspace.open(tmp_path / "ws")
-    with ws.writer():
-        assert gen_stage._prune(ws, "policy", wanted=set()) == 0
-    assert ws.count("candidates") == 12
-
-
 def test_judge_imported_needs_a_column():
     from prefdata.config import JudgeConfig
 
