@@ -1,4 +1,22 @@
-"""score_pairs: packed, chunked reference log-probs equal a plain full-logits forward."""
+"""score_pairs: packed, chunked reference log-probs equal a plain full-logits forward.
+
+The plain forward builds its token ids from the tokenizer alone (its own chat template with
+the generation prompt, the completion text, then the tokenizer's EOS id), never from
+prefdata's encoders, so a tokenisation bug in score.py cannot hide in both sides.
+Mutations of prefdata/score.py this module was checked to catch (each applied by hand, the
+module run, the mutation reverted; "fails" names the first test that went red):
+
+1. `encode_completions` without the trailing EOS id: fails
+   test_score_equals_plain_forward_and_resumes (token counts 1 short, sums differ).
+2. `encode_prompts` renders the bare prompt text instead of the chat template: fails
+   test_score_equals_plain_forward_and_resumes (different prompt ids, different log-probs).
+3. `encode_prompts` ignores a pair's `messages` (always one user turn with `prompt`): fails
+   test_score_equals_plain_forward_and_resumes on the scenario2 rows, whose system turn
+   the reference renders and the mutant drops.
+4. `packed_batch` without the per-sequence position restart (positions run on across a
+   packed row): fails test_score_equals_plain_forward_and_resumes (the second sequence of
+   a row is scored at shifted positions).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from prefdata.score import completion_ids, pack, prompt_ids, score_pairs  # noqa: E402
+from prefdata.score import completion_ids, pack, prompt_ids, score_pairs  # noqa: E402 (chunking test only)
 from prefdata.store import Workspace  # noqa: E402
 
 
@@ -50,10 +68,21 @@ def pairs_table(dataset, n, offset=0, messages=False):
     return pa.table(rows)
 
 
+def reference_ids(tokenizer, prompt, messages, response):
+    """(prompt ids, completion ids) from the tokenizer alone: its chat template, the text, its EOS."""
+    turns = messages or [{"role": "user", "content": prompt}]
+    rendered = tokenizer.apply_chat_template([dict(t) for t in turns], add_generation_prompt=True,
+                                             tokenize=False)
+    # the template writes BOS itself; the tokenizer must not add special tokens a second time
+    p = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    c = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+    return p, c
+
+
 def plain_logp(model, tokenizer, prompt, messages, response):
     """The obvious way: full logits, log_softmax, gather, sum over the completion tokens."""
-    p = prompt_ids(tokenizer, prompt, messages)
-    c = completion_ids(tokenizer, response)
+    p, c = reference_ids(tokenizer, prompt, messages, response)
     ids = torch.tensor([p + c])
     with torch.no_grad():
         logp = model(ids).logits.float().log_softmax(-1)[0, :-1]
