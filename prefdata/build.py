@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from prefdata import pause
 from prefdata.config import TOY, BuildConfig
 from prefdata.errors import PrefdataError
 from prefdata.store import Workspace, atomic_write_bytes
@@ -190,6 +191,7 @@ def step_select(state: BuildState) -> BuildState:
     if pairs.height == 0:
         raise PrefdataError(f"no pairs survived selection for {cfg.name} (drops: {drops})",
                             "use more prompts (--limit), more samples (--n) or a lower --min-margin")
+    pause.point("selected")
     state.ws.write_part("pairs", cfg.name, pairs.to_arrow())
     state.pairs[cfg.name] = pairs
     state.summary["dropped"] = drops
@@ -233,6 +235,7 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
         state = BuildState(cfg=cfg, ws=ws, log=log)
         for step in STEPS:
+            pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
             state = step(state)
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary
