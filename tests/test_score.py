@@ -1,8 +1,9 @@
 """score_pairs: packed, chunked reference log-probs equal a plain full-logits forward.
 
-The plain forward builds its token ids from the tokenizer alone (its own chat template with
-the generation prompt, the completion text, then the tokenizer's EOS id), never from
-prefdata's encoders, so a tokenisation bug in score.py cannot hide in both sides.
+The plain forward (tests/reference_forward.py) builds its token ids from the tokenizer alone
+(its own chat template with the generation prompt, the completion text, then the tokenizer's
+EOS id), never from prefdata's encoders, so a tokenisation bug in score.py cannot hide in
+both sides.
 Mutations of prefdata/score.py this module was checked to catch (each applied by hand, the
 module run, the mutation reverted; "fails" names the first test that went red):
 
@@ -27,6 +28,7 @@ torch = pytest.importorskip("torch")
 
 from prefdata.score import completion_ids, pack, prompt_ids, score_pairs  # noqa: E402 (chunking test only)
 from prefdata.store import Workspace  # noqa: E402
+from tests.reference_forward import plain_logp  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,28 +68,6 @@ def pairs_table(dataset, n, offset=0, messages=False):
         rows["messages"] = [[{"role": "system", "content": "Be brief."},
                              {"role": "user", "content": p}] for p in prompts]
     return pa.table(rows)
-
-
-def reference_ids(tokenizer, prompt, messages, response):
-    """(prompt ids, completion ids) from the tokenizer alone: its chat template, the text, its EOS."""
-    turns = messages or [{"role": "user", "content": prompt}]
-    rendered = tokenizer.apply_chat_template([dict(t) for t in turns], add_generation_prompt=True,
-                                             tokenize=False)
-    # the template writes BOS itself; the tokenizer must not add special tokens a second time
-    p = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    c = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
-    return p, c
-
-
-def plain_logp(model, tokenizer, prompt, messages, response):
-    """The obvious way: full logits, log_softmax, gather, sum over the completion tokens."""
-    p, c = reference_ids(tokenizer, prompt, messages, response)
-    ids = torch.tensor([p + c])
-    with torch.no_grad():
-        logp = model(ids).logits.float().log_softmax(-1)[0, :-1]
-    token = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(p) - 1:]
-    return token.double().sum().item(), len(c)  # fp64 sum: compare token values, not rounding
 
 
 def test_pack_first_fit_longest_first():
