@@ -157,6 +157,24 @@ def test_every_loss_has_mean_loss_detached_rewards_and_gradients(name):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_defaults_are_the_documented_ones():
+    """Each loss called with no hyperparameters: cDPO's ε = 0 and Flex-DPO's β_c = β_r = β are
+    DPO, SLiC's λ = 0 is the bare hinge with δ = 1, IPO averages, DPO+SFT's α = 1 and β = 0.1.
+    (A mutation test found cDPO's default untested: every call passed label_smoothing.)"""
+    pc, pr, rc, rr, nc, nr = random_batch(3)
+    dpo = L.dpo_loss(pc, pr, rc, rr)
+    expected_dpo = [nlogsig(0.1 * ((a - c) - (b - d))) for a, b, c, d in zip(pc, pr, rc, rr)]
+    assert dpo.losses.tolist() == pytest.approx(expected_dpo, abs=1e-5)
+    torch.testing.assert_close(L.cdpo_loss(pc, pr, rc, rr).losses, dpo.losses)
+    torch.testing.assert_close(L.flex_dpo_loss(pc, pr, rc, rr).losses, dpo.losses)
+    hinge = [max(0.0, 1.0 - a + b) for a, b in zip(pc.tolist(), pr.tolist())]
+    assert L.slic_loss(pc, pr, rc, rr).losses.tolist() == pytest.approx(hinge, abs=1e-5)
+    torch.testing.assert_close(L.ipo_loss(pc, pr, rc, rr, nc, nr).losses,
+                               L.ipo_loss(pc, pr, rc, rr, nc, nr, average_log_probs=True).losses)
+    sft = L.dpo_sft_loss(pc, pr, rc, rr, nc, nr).loss.item()
+    assert sft == pytest.approx(dpo.loss.item() + (-pc.sum() / nc.sum()).item(), abs=1e-5)
+
+
 # Every loss with every term switched on: a loss whose extra term sits at its default 0 would
 # pass the split test below without testing that term.
 ALL_TERMS = {"dpo": LossConfig("dpo", beta=0.3), "ipo": LossConfig("ipo", beta=0.3),
