@@ -4,9 +4,10 @@ whether the tests notice.
 For each target module it lists every mutation site the operators below find (skipping
 docstrings, other strings and type annotations), takes a seeded sample of at most
 `--per-file` of them, and for each applies the one-token change in place, runs the target's
-test modules (`pytest -x -q`, with a timeout), and restores the file. A mutant is *killed*
-when the tests fail (or time out), *survived* when they pass. The file is always restored,
-also on Ctrl-C.
+test modules (`pytest -x -q -m "not slow"`, with a timeout), and restores the file. A mutant
+is *killed* when the tests fail (or time out), *survived* when they pass. The file is always
+restored, also on Ctrl-C or SIGTERM. Run it on a clean checkout (or a copy): it edits the
+target files in place while a mutant runs.
 
 Operators: arithmetic (+ -, * /), comparison (< <=, > >=, == !=), boolean (and or),
 bitwise mask logic (& |), unary minus and `not` removed, numeric constants (0 -> 1,
@@ -26,6 +27,7 @@ import ast
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -182,6 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the sampled mutants, run nothing")
     parser.add_argument("--out", type=Path, default=Path("mutation-report.json"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the mutated file is restored
 
     chosen: list[Mutant] = []
     totals = {}
