@@ -70,6 +70,29 @@ def pairs_table(dataset, n, offset=0, messages=False):
     return pa.table(rows)
 
 
+def test_ids_match_the_tokenizer_when_it_adds_special_tokens_itself(tmp_path):
+    """Many real tokenizers (Llama's) put BOS before every encoded text; the toy's does not. With
+    a post-processor that adds BOS, the prompt still holds the template's one BOS and the
+    completion none: prefdata's ids equal the tokenizer-only reference's."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from prefdata.score import encode_completions, encode_prompts
+    from tests.reference_forward import reference_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir(tmp_path / "model"))
+    bos = tokenizer.convert_tokens_to_ids(tokenizer.bos_token)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)])
+    assert tokenizer("x")["input_ids"][0] == bos  # the tokenizer now adds BOS by itself
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
+    for prompt, turns in (("What is 2 + 2?", None), ("ignored", messages)):
+        want_prompt, want_completion = reference_ids(tokenizer, prompt, turns, "2+2=4. The answer is 4.")
+        assert encode_prompts(tokenizer, [prompt], [turns]) == [want_prompt]
+        assert encode_completions(tokenizer, ["2+2=4. The answer is 4."]) == [want_completion]
+        assert want_prompt.count(bos) == 1 and bos not in want_completion
+
+
 def test_pack_first_fit_longest_first():
     assert pack([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
     assert pack([10, 1], 4) == [[0], [1]]  # too long: a row of its own
