@@ -93,6 +93,35 @@ def test_ids_match_the_tokenizer_when_it_adds_special_tokens_itself(tmp_path):
         assert want_prompt.count(bos) == 1 and bos not in want_completion
 
 
+@pytest.mark.parametrize("setting", [("final_logit_softcapping", 2.0), ("logits_scaling", 4.0)])
+def test_softcapped_and_scaled_logits_follow_the_config(tmp_path, setting):
+    """Gemma-2's soft-capping (c * tanh(z / c)) and Granite's logit division, applied when a
+    model's config sets them (the toy Llama sets neither, so they are set here by hand and the
+    expected values computed from the full logits of the model body and head)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.reference_forward import reference_ids
+
+    name, value = setting
+    model_dir = tiny_model_dir(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    setattr(model.config, name, value)
+    seqs = [reference_ids(tokenizer, f"What is {i} + 1?", None, f"{i}+1={i + 1}.") for i in range(3)]
+    import prefdata.score as score
+
+    got = score.score_sequences(model, tokenizer, seqs, batch_tokens=64, chunk_positions=5)
+    for (p, c), value_got in zip(seqs, got):
+        ids = torch.tensor([p + c])
+        with torch.no_grad():
+            logits = model.model(ids).last_hidden_state @ model.lm_head.weight.T
+        logits = value * torch.tanh(logits / value) if name == "final_logit_softcapping" else logits / value
+        logp = logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)[len(p) - 1:]
+        plain = model(ids).logits.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert value_got == pytest.approx(logp.double().sum().item(), abs=1e-4)
+        assert abs(value_got - plain[len(p) - 1:].double().sum().item()) > 1e-2  # the setting matters
+
+
 def test_pack_first_fit_longest_first():
     assert pack([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
     assert pack([10, 1], 4) == [[0], [1]]  # too long: a row of its own
