@@ -134,7 +134,9 @@ def find_mutants(target: str) -> list[Mutant]:
                 operator_between(node.op, left, right, node.lineno)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
             lo = at(node.lineno, node.col_offset)
-            hi = at(node.operand.lineno, node.operand.col_offset)
+            hi = lo + (1 if isinstance(node.op, ast.USub) else 3)  # the operator alone, not a "(" after it
+            while text[hi] in " \t":
+                hi += 1
             out.append(Mutant(target, node.lineno, lo, hi, text[lo:hi], ""))
         elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool):
             lo, hi = at(node.lineno, node.col_offset), at(node.end_lineno, node.end_col_offset)
