@@ -104,6 +104,17 @@ def test_all_tied_gives_no_pair_and_margin_threshold():
     assert pairs.height == 0 and drops == {"below_margin": 1}
 
 
+def test_default_keeps_any_positive_margin():
+    """SelectConfig's documented defaults on a reward-model-like half-point margin: kept (no
+    min_margin), and dropped only once min_margin asks for more. (A mutation test found the
+    default untested: every hand-made margin was a whole point.)"""
+    half = cands([("P", "a", "policy", 1.0, None, "a"), ("P", "b", "policy", 0.5, None, "b")])
+    pairs, drops = select_pairs(half, 1)
+    assert pairs.select("chosen_candidate_id", "rejected_candidate_id", "margin").row(0) == ("a", "b", 0.5)
+    assert drops == {}
+    assert select_pairs(half, 1, SelectConfig(min_margin=0.75))[1] == {"below_margin": 1}
+
+
 def test_uniform_filter_by_score_and_only_where_configured():
     bad = cands([("P", "a", "policy", 0.0, False, "a"), ("P", "b", "policy", 0.0, False, "b"),
                  ("P", "r", "reference", 1.0, True, "r")])
