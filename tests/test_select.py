@@ -115,6 +115,44 @@ def test_default_keeps_any_positive_margin():
     assert select_pairs(half, 1, SelectConfig(min_margin=0.75))[1] == {"below_margin": 1}
 
 
+def test_repeated_candidate_id_takes_its_first_row():
+    """Equal ids at the top score (the last tie-break): the prompt's first such row, in every
+    prompt. (A mutation in that step survived the suite: ids had always been unique.)"""
+    rows = [(pid, cid, "policy", score, None, f"{pid} {text}") for pid in ("P1", "P2")
+            for cid, score, text in (("a", 5.0, "first"), ("a", 5.0, "second"), ("z", 1.0, "low"))]
+    pairs, _ = select_pairs(cands(rows), 1, SelectConfig(dedupe=False))
+    assert pairs["chosen"].to_list() == ["P1 first", "P2 first"]
+
+
+def test_load_scored_takes_one_judge_version(tmp_path):
+    """`load_scored` joins one judge's verdicts of one version; several versions need a choice;
+    an unjudged candidate gets a null score."""
+    import pyarrow as pa
+
+    from prefdata.select import load_scored
+    from prefdata.store import Workspace
+
+    ws = Workspace.create(tmp_path / "ws")
+    candidates = [{"candidate_id": cid, "prompt_id": "P", "origin": "policy", "model_name": "m", "model_hash": "h",
+                   "backend": "test", "sampling_params": "{}", "seed": 0, "sample_index": i, "work_key": "w",
+                   "text": f"text {cid}", "token_count": 2, "finish_reason": "stop"} for i, cid in enumerate("abc")]
+    verdicts = [{"candidate_id": cid, "prompt_id": "P", "judge_name": "verifier", "judge_version": version,
+                 "score": score, "status": "ok"}
+                for version, scores in (("v1", {"a": 1.0, "b": 0.0}), ("v2", {"a": 0.0, "b": 1.0}))
+                for cid, score in scores.items()]
+    with ws.writer():
+        ws.write_part("prompts", "p", pa.Table.from_pylist([{"prompt_id": "P", "source": "s", "split": "train",
+                                                             "source_index": 0, "prompt": "question P"}]))
+        ws.write_part("candidates", "c", pa.Table.from_pylist(candidates))
+        ws.write_part("judgments", "j", pa.Table.from_pylist(verdicts))
+    for version, want in (("v1", [1.0, 0.0, None]), ("v2", [0.0, 1.0, None])):
+        scored = load_scored(ws, "verifier", version).sort("candidate_id")
+        assert scored["score"].to_list() == want and set(scored["prompt"]) == {"question P"}
+        assert set(scored["judge_name"]) == {"verifier"}
+    with pytest.raises(PrefdataError, match="several versions"):
+        load_scored(ws, "verifier")
+
+
 def test_uniform_filter_by_score_and_only_where_configured():
     bad = cands([("P", "a", "policy", 0.0, False, "a"), ("P", "b", "policy", 0.0, False, "b"),
                  ("P", "r", "reference", 1.0, True, "r")])
