@@ -25,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+from prefdata import pause
 from prefdata.config import TOY, BuildConfig
 from prefdata.errors import PrefdataError
 from prefdata.store import Workspace, atomic_write_bytes
@@ -262,6 +263,7 @@ def step_select(state: BuildState) -> BuildState:
         else per_scenario[cfg.scenarios[0]]
     if pairs.height == 0:
         raise no_pairs_error(cfg.name, drops, _unscored_outputs(state))
+    pause.point("selected")
     state.ws.write_part("pairs", cfg.name, _keep_reference_logps(state.ws, cfg.name, pairs.to_arrow()))
     state.pairs[cfg.name] = pairs
     state.summary["dropped"] = drops
@@ -379,6 +381,7 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
         state = BuildState(cfg=cfg, ws=ws, log=log)
         for step in STEPS:
+            pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
             state = step(state)
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary

@@ -18,7 +18,11 @@ calls `train()`) the process group comes from the environment (distributed.py).
 The global batch stays `batch_size * grad_accum` pairs whatever K is: each rank
 takes the strided slice batch[rank::K] in micro-batches of at most `batch_size`,
 DDP (default) or FSDP2 (`fsdp=True`, or PREFDATA_FSDP=1) averages the gradients,
-and the per-pair losses are scaled so the step equals the single-process one.
+and the per-pair losses are scaled so the step's gradient equals the single-process
+one-batch gradient, up to float summation order, for every loss in losses.py
+(DPO+SFT's token-mean normaliser is taken over the whole step's batch, not the
+micro-batch). Gradient accumulation (`grad_accum` micro-batches) equals one big batch the
+same way.
 Every rank runs the same evaluations (so all return the report); only rank 0
 writes files. A run resumes on any number of processes.
 
@@ -177,12 +181,18 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
             sums = through(batch) if through is runner else sequence_logps(through, batch, cfg.chunk_positions)
         return sums[:len(idx)], sums[len(idx):]
 
-    def loss_of(idx: list[int], detach: str | None = None, through=model):
+    def loss_of(idx: list[int], detach: str | None = None, through=model, whole_batch: list[int] | None = None):
+        """The loss of pairs `idx`; `whole_batch`: the optimizer step's pairs when `idx` is a part
+        of them, so batch-wide normalisers (DPO+SFT's token mean) are the whole batch's."""
         pc, pr = policy_logps(idx, through)
         # detach one side to get the gradient through the other alone (report's gradient probe)
         pc, pr = (pc.detach() if detach == "chosen" else pc), (pr.detach() if detach == "rejected" else pr)
         t = torch.tensor(idx, device=device)
-        return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t])
+        per_pair = None
+        if whole_batch is not None:
+            per_pair = n_chosen[torch.tensor(whole_batch, device=device)].double().mean()
+        return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t],
+                            per_pair)
 
     # ---- optimizer, and resume -------------------------------------------------------------------
     # fused: one kernel over every tensor (CPU and CUDA), not a Python loop per parameter;
@@ -246,9 +256,11 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
             # a rank left without pairs (end of an epoch) still joins the collectives, at weight 0
             weight = ctx.world / len(batch) if micro else 0.0
             with dist.no_sync(runner, last=k == len(micros) - 1):
-                out = loss_of(micro or batch[:1], through=runner)
-                # per-pair losses over the global batch, times K because DDP/FSDP average over ranks:
-                # accumulation and K processes both equal one big batch
+                out = loss_of(micro or batch[:1], through=runner, whole_batch=batch)
+                # per-pair losses over the global batch, times K because DDP/FSDP average over ranks;
+                # every loss is a mean of per-pair terms whose batch-wide normalisers (DPO+SFT's
+                # token mean) come from the whole batch, so accumulation and K processes both equal
+                # one big batch (tests/train/test_loop.py and test_distributed.py, every loss)
                 (out.losses.sum() * weight).backward()
             if micro:
                 losses = out.losses.detach()

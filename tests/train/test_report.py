@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from prefdata.train.loop import train  # noqa: E402
 from prefdata.train.losses import LossConfig  # noqa: E402
 from prefdata.train.report import build_evalset, combined_report, default_verify  # noqa: E402
+from tests.reference_forward import plain_logp  # noqa: E402
 
 # The tiny world is defined once, in test_loop.py; loaded by path so any pytest import mode works.
 _spec = importlib.util.spec_from_file_location("_tiny_world", Path(__file__).with_name("test_loop.py"))
@@ -48,8 +49,7 @@ def test_report_json_has_the_fields(runs):
     pairs = ws.read("pairs").to_pydict()
     n = len(pairs["pair_id"])
     assert saved["table1"]["chosen"]["before"] == pytest.approx(sum(pairs["ref_chosen_logp_mean"]) / n, abs=1e-12)
-    # The step-0 measurement of the base model agrees with the stored values it replaces.
-    assert saved["trajectory"][0]["step"] == 0
+    assert saved["trajectory"][0]["step"] == 0  # its values: test_table1_before_and_after_are_right
     assert [t["step"] for t in saved["trajectory"]] == [0, 2, 3]
     assert [g["step"] for g in saved["gradients"]] == [0, 2, 3]
     assert all(g["chosen"] > 0 and g["rejected"] > 0 for g in saved["gradients"])
@@ -65,6 +65,50 @@ def test_report_json_has_the_fields(runs):
     assert "chosen logp/token" in text and "held-out accuracy" in text and "unpaired policy" in text
     assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(text)
+
+
+def test_table1_before_and_after_are_right(runs):
+    """Before training: Table 1 is the stored reference log-probs, and the step-0 measurement of
+    the base model on the eval subset equals the stored values of those pairs. After: Table 1
+    equals a plain full-logits forward of the saved model, with ids from the tokenizer alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefdata.score import load_model
+    from prefdata.train.report import tokenize_pairs
+
+    ws, model_dir, dpo, _, _ = runs
+    pairs = ws.read("pairs").to_pydict()
+    n = len(pairs["pair_id"])
+    assert dpo["pairs"] == n and dpo["pairs_dropped_too_long"] == 0
+    stored = {side: [v for v in pairs[f"ref_{side}_logp_mean"]] for side in ("chosen", "rejected")}
+    for side in ("chosen", "rejected"):
+        assert dpo["table1"][side]["before"] == pytest.approx(sum(stored[side]) / n, abs=1e-12)
+    assert dpo["table1"]["margin"]["before"] == pytest.approx(
+        (sum(stored["chosen"]) - sum(stored["rejected"])) / n, abs=1e-12)
+
+    # step 0: the same seeded eval subset the run measured, from its config
+    _, tokenizer = load_model(model_dir, "cpu")
+    cfg = _world.tiny_config(model_dir, max_steps=3, eval_every=2, checkpoint_every=0)
+    evalset = build_evalset(ws, cfg, tokenizer, pairs, list(range(n)), tokenize_pairs(tokenizer, pairs))
+    step0 = dpo["trajectory"][0]
+    assert step0["step"] == 0 and len(evalset.eval_idx) == cfg.eval_pairs
+    for side in ("chosen", "rejected"):
+        want = sum(stored[side][i] for i in evalset.eval_idx) / len(evalset.eval_idx)
+        assert step0[side] == pytest.approx(want, abs=1e-5), side
+        assert dpo["eval_subset"][side]["before"] == step0[side]
+
+    trained = Path(ws.root) / "runs" / "scenario2-dpo" / "model"
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(trained)
+    for side in ("chosen", "rejected"):
+        per_token = []
+        for prompt, messages, text in zip(pairs["prompt"], pairs["messages"], pairs[side]):
+            total, tokens = plain_logp(model, tok, prompt, messages, text)
+            per_token.append(total / tokens)
+        after = sum(per_token) / n
+        print(f"{side}: after {dpo['table1'][side]['after']:.6f}, independent forward {after:.6f}")
+        assert dpo["table1"][side]["after"] == pytest.approx(after, abs=1e-5), side
+    assert dpo["table1"]["chosen"]["after"] != pytest.approx(dpo["table1"]["chosen"]["before"], abs=1e-4)
 
 
 def test_combined_report_lays_runs_side_by_side(runs):
