@@ -24,9 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from prefdata.config import TOY, BuildConfig
+from prefdata.config import SCENARIO_ORIGINS, TOY, BuildConfig
 from prefdata.errors import PrefdataError
-from prefdata.store import Workspace, atomic_write_bytes
+from prefdata.store import Workspace
 
 TOY_ROWS = {"train": 4000, "test": 1000}  # toy split sizes written for the source (prefix-stable)
 
@@ -40,6 +40,7 @@ class BuildState:
     work_keys: set = field(default_factory=set)  # work keys of this build's generated candidates
     scored: object = None             # pl.DataFrame: this build's candidates with verdicts
     pairs: dict = field(default_factory=dict)    # dataset name -> pl.DataFrame
+    too_long: dict = field(default_factory=dict)  # origin -> prompt ids too long for its model's context
     summary: dict = field(default_factory=dict)
 
 
@@ -104,7 +105,7 @@ def _store_heldout(state: BuildState, spec) -> int:
 
 def step_generate(state: BuildState) -> BuildState:
     """Sample the policy and/or other model, as the scenarios need; cached by work key."""
-    from prefdata.generate import generate_candidates, write_reference_candidates
+    from prefdata.generate import generate_candidates, load_tokenizer, write_reference_candidates
 
     origins = state.cfg.origins()
     state.summary["generation"] = {}
@@ -114,15 +115,19 @@ def step_generate(state: BuildState) -> BuildState:
         gen_cfg = getattr(state.cfg, origin)
         stats = generate_candidates(state.ws, state.prompts, gen_cfg)
         state.work_keys |= set(stats.work_keys)
+        state.too_long[origin] = stats.too_long
         state.summary["generation"][origin] = {
             "model": gen_cfg.display_name, "model_hash": stats.model_hash, "backend": stats.backend,
             "prompts_cached": stats.prompts_cached, "prompts_generated": stats.prompts_generated,
             "candidates_written": stats.candidates_written, "model_calls": stats.model_calls,
-            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2)}
-        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached "
-                  f"({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
-    if "reference" in origins:
-        written = write_reference_candidates(state.ws, state.prompts)
+            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2),
+            "prompt_too_long": len(stats.too_long)}
+        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached"
+                  + (f", {len(stats.too_long)} dropped as prompt_too_long" if stats.too_long else "")
+                  + f" ({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
+    if "reference" in origins:  # counted in the policy's tokens, like the samples they are paired with
+        tokenizer = load_tokenizer(state.cfg.policy.model, trust_remote_code=state.cfg.policy.trust_remote_code)
+        written = write_reference_candidates(state.ws, state.prompts, tokenizer)
         state.summary["generation"]["reference"] = {"candidates_written": written}
     return state
 
@@ -172,6 +177,8 @@ def step_judge(state: BuildState) -> BuildState:
 
 def step_select(state: BuildState) -> BuildState:
     """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
+    import polars as pl
+
     from prefdata.mix import mix_pairs
     from prefdata.select import SelectConfig, select_pairs
 
@@ -182,7 +189,12 @@ def step_select(state: BuildState) -> BuildState:
     per_scenario, drops = {}, {}
     for scenario in cfg.scenarios:
         dataset = f"scenario{scenario}" if cfg.mix else cfg.name
-        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset))
+        # a prompt too long for a model the scenario samples has no pair; counted as such, not as no_<origin>
+        too_long = set().union(*(state.too_long.get(o, ()) for o in SCENARIO_ORIGINS[scenario]))
+        scored = state.scored.filter(~pl.col("prompt_id").is_in(list(too_long))) if too_long else state.scored
+        pairs, dropped = select_pairs(scored, scenario, replace(select_cfg, dataset=dataset))
+        if too_long:
+            dropped = {"prompt_too_long": len(too_long), **dropped}
         per_scenario[scenario] = pairs
         drops[dataset] = dropped
     pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
@@ -212,10 +224,10 @@ def _with_train_tokens(scored, cfg: BuildConfig, column: str):
 
 def step_finish(state: BuildState) -> BuildState:
     """Manifest last (it describes the parts above), then the dataset card."""
-    from prefdata.card import dataset_card
+    from prefdata.card import write_card
 
     state.ws.write_manifest(f"build:{state.cfg.name}", {"config": state.cfg.to_dict(), "summary": state.summary})
-    atomic_write_bytes(state.ws.root / "README.md", dataset_card(state.ws).encode())
+    write_card(state.ws)
     return state
 
 
@@ -231,11 +243,29 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     with ws.writer():
         if ws.recovered_lock_from:
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
+        if not ws.manifest():  # a build killed before its first stage still leaves a described workspace
+            ws.write_manifest()
         state = BuildState(cfg=cfg, ws=ws, log=log)
-        for step in STEPS:
-            state = step(state)
+        try:
+            for step in STEPS:
+                state = step(state)
+        except BaseException:
+            _describe_after_failure(ws)
+            raise
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary
+
+
+def _describe_after_failure(ws: Workspace) -> None:
+    """Re-derive the manifest and card from the parts a failed build left, so `info` and the
+    card describe them; a failure here must not hide the build's own error."""
+    from prefdata.card import write_card
+
+    try:
+        ws.write_manifest()
+        write_card(ws)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def _silence_library_progress() -> None:

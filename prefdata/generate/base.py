@@ -15,15 +15,24 @@ from dataclasses import dataclass
 
 from prefdata.errors import PrefdataError
 from prefdata.generate.config import GenerationConfig, SamplingConfig
+from prefdata.generate.model import resolve_dtype
 
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to complete: its rendered text (already templated), its token ids, its seed."""
+    """One prompt to complete: its rendered text (already templated), its token ids, its seed.
+
+    `room`: new tokens that still fit in the model's context after the prompt (None: unknown).
+    Backends stop a sample there, finish_reason "length", as vLLM does at max_model_len.
+    """
 
     prompt: str
     prompt_ids: tuple[int, ...]
     seed: int
+    room: int | None = None
+
+    def max_new_tokens(self, max_tokens: int) -> int:
+        return max_tokens if self.room is None else max(1, min(max_tokens, self.room))
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,14 @@ def make_backend(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:
         from prefdata.generate.vllm_backend import VLLMBackend
 
         return VLLMBackend(cfg.model, model_hash, trust_remote_code=cfg.trust_remote_code,
-                           allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len)
+                           allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len,
+                           dtype=resolve_dtype(cfg.model, cfg.dtype))
     if name == "transformers":
         from prefdata.generate.hf_backend import TransformersBackend
 
         return TransformersBackend(cfg.model, model_hash, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+                                   trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                                   dtype=resolve_dtype(cfg.model, cfg.dtype))
     if name == "openai":
         from prefdata.generate.openai_backend import OpenAIBackend
 

@@ -15,6 +15,7 @@ from prefdata.errors import PrefdataError
 
 ORIGINS = ("policy", "other")
 BACKENDS = ("auto", "vllm", "transformers", "openai")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ class GenerationConfig:
         for (e.g. samples made with an older temperature), so the candidates
         table of an origin always mirrors the last run's config.
     batch_size: transformers only: sequences (prompts x n) per `generate` call.
+    dtype: the weights' dtype while generating, on every backend: "auto" is the
+        checkpoint's own (config.json; the toy models are float32), or float32,
+        bfloat16, float16. (vLLM's own "auto" would run float32 weights in bfloat16.)
     """
 
     model: str
@@ -88,6 +92,7 @@ class GenerationConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     max_model_len: int | None = None
+    dtype: str = "auto"
     batch_size: int = 64
     prune: bool = True
     quiet: bool = False
@@ -98,6 +103,7 @@ class GenerationConfig:
             object.__setattr__(self, "sampling", SamplingConfig(**self.sampling))
         _check(self.origin in ORIGINS, f"origin {self.origin!r}", f"use one of: {', '.join(ORIGINS)}")
         _check(self.backend in BACKENDS, f"backend {self.backend!r}", f"use one of: {', '.join(BACKENDS)}")
+        _check(self.dtype in DTYPES, f"dtype {self.dtype!r}", f"use one of: {', '.join(DTYPES)}")
         _check(self.shard_size >= 1, f"shard_size={self.shard_size}", "use shard_size >= 1")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size}", "use batch_size >= 1")
         _check(self.endpoint_concurrency >= 1, f"endpoint_concurrency={self.endpoint_concurrency}",

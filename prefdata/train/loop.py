@@ -335,6 +335,13 @@ def _load_pairs(ws, dataset: str) -> dict:
         known = sorted(set(table["dataset"].to_pylist()))
         raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
                             f"choose one of: {', '.join(known)}" if known else "build pairs first")
+    # scored but past the reference model's context (score.py leaves their log-probs null): left out
+    unfit = pc.and_(subset["ref_model_hash"].is_valid(),
+                    pc.or_(subset["ref_chosen_logp"].is_null(), subset["ref_rejected_logp"].is_null()))
+    subset = subset.filter(pc.invert(unfit))
+    if subset.num_rows == 0:
+        raise PrefdataError(f"every pair of {dataset!r} is longer than the reference model's context",
+                            "use a model with a longer context, or shorter prompts (see `prefdata score`)")
     missing = subset["ref_chosen_logp"].null_count + subset["ref_rejected_logp"].null_count
     if missing:
         raise PrefdataError(f"{missing} log-probs of {dataset!r} pairs are not scored yet",
