@@ -28,6 +28,7 @@ from prefdata.config import SCENARIO_ORIGINS, TOY, BuildConfig
 from prefdata.errors import PrefdataError
 from prefdata.store import Workspace
 
+GLOSSARY = "docs/glossary.md"  # in the prefdata repository; `prefdata.glossary` holds the same text
 TOY_ROWS = {"train": 4000, "test": 1000}  # toy split sizes written for the source (prefix-stable)
 
 
@@ -299,6 +300,7 @@ def format_summary(summary: dict) -> str:
     for dataset, n in summary["pairs"].items():
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
+    lines.append(f"terms             drop reasons and terms are explained in {GLOSSARY}")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ commands so that `prefdata --help` and `prefdata --version` answer instantly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from enum import Enum
@@ -30,6 +31,7 @@ toy_app = typer.Typer(help="The embedded toy world: tiny policy/other models and
 app.add_typer(toy_app, name="toy")
 
 DEFAULT_WORKSPACE = Path("prefdata-workspace")
+VERBOSE_HELP = "Also show the model libraries' logging (vLLM, Ray, transformers, Triton); else it goes to WORKSPACE/logs/."
 
 
 class OutputFormat(str, Enum):
@@ -79,7 +81,8 @@ def build(
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
     set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.top_p=0.9"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or step log."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Build a preference dataset: prompts -> candidates -> judgments -> pairs.
 
@@ -131,8 +134,33 @@ def build(
     if quiet:
         raw["quiet"] = True
     cfg = build_config(raw)
-    summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
+    with _library_logs(workspace, "build", verbose, quiet):
+        summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
+
+
+@contextlib.contextmanager
+def _library_logs(workspace: Path, command: str, verbose: bool, quiet: bool = False):
+    """Model-library output to WORKSPACE/logs/ for the block (prefdata.logs); names the file after."""
+    from prefdata.logs import library_logs
+    from prefdata.store import Workspace
+
+    Workspace.create(workspace)  # its checks first, so a bad path is refused before logs/ is made
+    path = None
+    try:
+        with library_logs(workspace / "logs", command, verbose=verbose) as path:
+            yield
+    finally:
+        if path is not None and not quiet and path.exists() and path.stat().st_size:
+            typer.echo(f"model-library log: {path}")
+
+
+def _refresh_card(ws) -> None:
+    """The dataset card describes the workspace as it is now, after any command that changed it."""
+    from prefdata.card import write_card
+
+    with ws.writer():
+        write_card(ws)
 
 
 def _parse_value(text: str):
@@ -182,16 +210,20 @@ def score(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Score only this dataset (e.g. a mix)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per packed forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
     from prefdata.config import resolve_model
-    from prefdata.score import score_pairs
+    from prefdata.score import format_score_summary, score_pairs
     from prefdata.store import Workspace
 
     ws = Workspace.open(workspace)
-    summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
-                          batch_tokens=batch_tokens, device=device, progress=typer.echo)
-    typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    with _library_logs(workspace, "score", verbose, quiet):
+        summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
+                              batch_tokens=batch_tokens, device=device, progress=None if quiet else typer.echo)
+    _refresh_card(ws)
+    typer.echo(format_score_summary(summary))
 
 
 @app.command()
@@ -218,6 +250,8 @@ def train(
     eval_every: int = typer.Option(10, "--eval-every", help="Steps between trajectory measurements."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final report."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
@@ -255,10 +289,20 @@ def train(
 
     # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
     # ranks wait at a barrier and then read the pairs it scored.
-    with rank_zero_first(device) as ctx:
-        if ctx.main:
-            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
-    run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
+    say = None if quiet else typer.echo
+    with _library_logs(workspace, "train", verbose, quiet):
+        with rank_zero_first(device) as ctx:
+            if ctx.main:
+                score_pairs(ws, model_path, dataset=name, device=device, progress=say)
+        result = run_train(ws, cfg, progress=say)  # prints the per-run report at the end
+    if ctx.main:
+        _refresh_card(ws)
+        run_dir = cfg.run_dir(ws)
+        if quiet:
+            from prefdata.train.report import format_run
+
+            typer.echo(format_run(result))
+        typer.echo(f"model: {run_dir / 'model'}  report: {run_dir / 'report.txt'}, {run_dir / 'report.png'}")
 
 
 @app.command()
@@ -267,7 +311,11 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
     from prefdata.store import Workspace
     from prefdata.train.report import combined_report
 
-    typer.echo(combined_report(Workspace.open(workspace))["text"])
+    ws = Workspace.open(workspace)
+    result = combined_report(ws)
+    _refresh_card(ws)
+    typer.echo(result["text"])
+    typer.echo("wrote " + ", ".join(str(p) for p in result["files"]))
 
 
 @app.command()
@@ -281,6 +329,8 @@ def study(
     epochs: int = typer.Option(2, "--epochs", help="Training epochs per scenario."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
     seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final tables."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Run the whole study on the toy world: build scenarios 1-4, score, train each, report.
 
@@ -289,8 +339,10 @@ def study(
     """
     from prefdata.study import StudyConfig, run_study
 
-    result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
-                                              epochs=epochs, lr=lr, seed=seed), log=typer.echo)
+    with _library_logs(workspace, "study", verbose, quiet):
+        result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
+                                                  epochs=epochs, lr=lr, seed=seed),
+                           log=(lambda _msg: None) if quiet else typer.echo)
     (workspace / "runs" / "study.txt").write_text(result["tables"] + "\n")
     typer.echo("\n" + result["tables"])
 

@@ -381,3 +381,13 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
         summary["seconds"] = round(time.time() - started, 3)
         ws.write_manifest("score", {k: v for k, v in summary.items() if k != "seconds"})
     return summary
+
+
+def format_score_summary(summary: dict) -> str:
+    """One readable line: what was scored, what was left out and why."""
+    dropped = ", ".join(f"{k}={v}" for k, v in summary.get("dropped", {}).items() if v)
+    what = f"dataset {summary['dataset']}" if summary.get("dataset") else "all datasets"
+    return (f"scored {summary['rows_scored']} pairs of {what} under {summary['model_path']} "
+            f"(ref_model_hash {summary['ref_model_hash']}); {summary['parts_skipped']} parts already scored"
+            + (f"; left unscored (past the model's context): {dropped}" if dropped else "")
+            + f"; {summary.get('seconds', 0)} s")

@@ -113,9 +113,10 @@ def _sha256_file(path: Path) -> str:
 
 def _may_precede_manifest(name: str) -> bool:
     """What a build killed before its first manifest write can leave: table folders, the lock,
-    and the manifest writer's temp file (removed when the writer lock is next taken)."""
+    the model-library log folder (`prefdata.logs`), and the manifest writer's temp file
+    (removed when the writer lock is next taken)."""
     temp = _TEMP_NAME.fullmatch(name)
-    return name in TABLES or name == LOCK or (temp is not None and temp["name"] == MANIFEST)
+    return name in TABLES or name in (LOCK, "logs") or (temp is not None and temp["name"] == MANIFEST)
 
 
 class Workspace:
