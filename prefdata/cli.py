@@ -179,17 +179,24 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one Parquet file per dataset)."),
     format: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected for TRL's DPOTrainer) or parquet (raw pairs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
-    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
+    conversational: bool = typer.Option(True, "--conversational/--standard",
+                                        help="TRL conversational form (chat messages: TRL applies the model's chat "
+                                             "template, as generation did; default) or standard (bare prompt text, "
+                                             "no template)."),
     keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
 ) -> None:
-    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
-    from prefdata.export import export_pairs
+    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are).
+
+    Scored pairs carry TRL's ref_chosen_logps / ref_rejected_logps columns; train on them with
+    prefdata.export.stored_reference_trainer() and DPOConfig(precompute_ref_log_probs=True).
+    """
+    from prefdata.export import export_pairs, format_export
     from prefdata.store import Workspace
 
     result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
                           conversational=conversational, keep_provenance=keep_provenance)
-    for name, info in result.items():
-        typer.echo(f"{name}: {info}")
+    for line in format_export(result):
+        typer.echo(line)
 
 
 def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:
