@@ -65,6 +65,19 @@ def _terminal(stream, fd: int, saved: int):
                 errors=getattr(stream, "errors", None) or "backslashreplace")
 
 
+def _hide_transformers_bars():
+    """transformers draws its weight-loading bar on sys.stderr (the terminal here): turn it off;
+    returns the function that turns it back on (None when transformers is absent)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    if not hf_logging.is_progress_bar_enabled():
+        return None
+    hf_logging.disable_progress_bar()
+    return hf_logging.enable_progress_bar
+
+
 @contextlib.contextmanager
 def library_logs(log_dir: Path, command: str, *, verbose: bool = False) -> Iterator[Path | None]:
     """Send model-library output to `log_dir/<command>-<time>-<pid>.log` for the block; yields
@@ -87,16 +100,20 @@ def library_logs(log_dir: Path, command: str, *, verbose: bool = False) -> Itera
     handler = logging.FileHandler(path, mode="a")
     handler.setFormatter(logging.Formatter(_FORMAT))
     root_level = root.level
+    bars = None
     try:
         sys.stdout = _terminal(sys.stdout, 1, saved[1])
         sys.stderr = _terminal(sys.stderr, 2, saved[2])
         for fd in (1, 2):
             os.dup2(log_fd, fd)
+        bars = _hide_transformers_bars()
         root.addHandler(handler)
         root.setLevel(min(root_level or logging.WARNING, logging.INFO))
         logging.captureWarnings(True)
         yield path
     finally:
+        if bars is not None:
+            bars()
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(root_level)

@@ -295,7 +295,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
               "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
     result = report.assemble(cfg, history, final, before, after, evalset,
-                             {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
+                             {"pairs": n, "kinds": sorted(set(pairs["kind"])), "pairs_dropped_too_long": dropped,
+                              "steps": total_steps,
                               "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
                               "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
                               else None, "seconds": round(time.time() - started, 2)})
