@@ -67,3 +67,27 @@ def test_vllm_drops_and_stops_at_the_context(random_model_dir, vllm_backend, tmp
 
 def test_max_model_len_overrides_the_config(random_model_dir):
     assert context_length(random_model_dir, 40) == 40
+
+
+def test_a_backend_failure_is_one_line_exit_1_and_writes_nothing(random_model_dir, tmp_path):
+    """An exception escaping a backend (here a backend whose engine dies mid-batch) is an internal
+    failure: BackendFailed, exit code 1, one line naming the backend, the model and the cause."""
+    from prefdata.errors import BackendFailed
+    from prefdata.generate import Backend, model_hash
+
+    class DyingEngine(Backend):
+        name = "vllm"
+
+        def generate(self, requests, sampling):
+            raise RuntimeError("EngineCore encountered an issue.\nSee stack trace (above) for the root cause.")
+
+    cfg = GenerationConfig(model=str(random_model_dir), backend="transformers", quiet=True,
+                           sampling=SamplingConfig(n=1, max_tokens=4))
+    ws = Workspace.create(tmp_path / "ws")
+    backend = DyingEngine(str(random_model_dir), model_hash(random_model_dir))
+    with pytest.raises(BackendFailed) as err:
+        generate_candidates(ws, make_prompts(2), cfg, backend=backend)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"the vllm backend failed while generating for {random_model_dir}: "
+                                     "RuntimeError: EngineCore encountered an issue; re-run to resume")
+    assert ws.count("candidates") == 0
