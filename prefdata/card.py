@@ -161,3 +161,9 @@ def write_card(ws: Workspace) -> Path:
     atomic_write_bytes(path, dataset_card(ws).encode())
     return path
 
+
+
+def refresh_card(ws: Workspace) -> Path:
+    """`write_card` under the workspace's writer lock: after a command that changed the workspace."""
+    with ws.writer():
+        return write_card(ws)

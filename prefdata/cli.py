@@ -6,7 +6,6 @@ commands so that `prefdata --help` and `prefdata --version` answer instantly.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from enum import Enum
@@ -139,28 +138,16 @@ def build(
     typer.echo(format_summary(summary))
 
 
-@contextlib.contextmanager
 def _library_logs(workspace: Path, command: str, verbose: bool, quiet: bool = False):
-    """Model-library output to WORKSPACE/logs/ for the block (prefdata.logs); names the file after."""
-    from prefdata.logs import library_logs
-    from prefdata.store import Workspace
+    from prefdata.logs import workspace_logs
 
-    Workspace.create(workspace)  # its checks first, so a bad path is refused before logs/ is made
-    path = None
-    try:
-        with library_logs(workspace / "logs", command, verbose=verbose) as path:
-            yield
-    finally:
-        if path is not None and not quiet and path.exists() and path.stat().st_size:
-            typer.echo(f"model-library log: {path}")
+    return workspace_logs(workspace, command, verbose=verbose, say=None if quiet else typer.echo)
 
 
 def _refresh_card(ws) -> None:
-    """The dataset card describes the workspace as it is now, after any command that changed it."""
-    from prefdata.card import write_card
+    from prefdata.card import refresh_card
 
-    with ws.writer():
-        write_card(ws)
+    refresh_card(ws)
 
 
 def _parse_value(text: str):
@@ -351,6 +338,9 @@ def study(
                                                   epochs=epochs, lr=lr, seed=seed),
                            log=(lambda _msg: None) if quiet else typer.echo)
     (workspace / "runs" / "study.txt").write_text(result["tables"] + "\n")
+    from prefdata.store import Workspace
+
+    _refresh_card(Workspace.open(workspace))
     typer.echo("\n" + result["tables"])
 
 

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 LOGS_DIR = "logs"
 _FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -137,3 +137,21 @@ def library_logs(log_dir: Path, command: str, *, verbose: bool = False) -> Itera
         path.with_suffix(".vllm-logging.json").unlink(missing_ok=True)
         if path.exists() and path.stat().st_size == 0:  # nothing was logged: no empty file left behind
             path.unlink()
+
+
+@contextlib.contextmanager
+def workspace_logs(workspace: Path, command: str, *, verbose: bool = False,
+                   say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """`library_logs` into `workspace/logs/` for a command; `say` names the log file afterwards
+    when anything was logged. The workspace's own checks run first (`Workspace.create`), so a
+    bad path is refused before a logs/ folder is made."""
+    from prefdata.store import Workspace
+
+    Workspace.create(workspace)
+    path = None
+    try:
+        with library_logs(Path(workspace) / LOGS_DIR, command, verbose=verbose) as path:
+            yield
+    finally:
+        if say is not None and path is not None and path.exists() and path.stat().st_size:
+            say(f"model-library log: {path}")
