@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from prefdata.errors import PrefdataError
+from prefdata.errors import BackendFailed, PrefdataError
 from prefdata.generate.config import GenerationConfig, SamplingConfig
 from prefdata.generate.model import resolve_dtype
 
@@ -66,6 +66,22 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def run_backend(backend: Backend, requests: list[Request], sampling: SamplingConfig,
+                model_name: str) -> list[list[Completion]]:
+    """`backend.generate`, its failures as one line: a PrefdataError passes as it is; anything
+    else the backend raises is a bug here or in the backend (exit 1), named with its first line."""
+    try:
+        return backend.generate(requests, sampling)
+    except PrefdataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - vLLM/torch raise many types; all end the run the same way
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise BackendFailed(f"the {backend.name} backend failed while generating for {model_name}: "
+                            f"{type(err).__name__}: {first}",
+                            "re-run to resume; if it repeats, report it with PREFDATA_DEBUG=1 for the traceback"
+                            ) from err
 
 
 def resolve_backend_name(name: str) -> str:

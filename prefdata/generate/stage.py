@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from prefdata.errors import BackendFailed, PrefdataError
-from prefdata.generate.base import Backend, Request, make_backend, resolve_backend_name
+from prefdata.errors import PrefdataError
+from prefdata.generate.base import Backend, Request, make_backend, resolve_backend_name, run_backend
 from prefdata.generate.config import GenerationConfig
 from prefdata.generate.model import (context_length, load_tokenizer, model_hash, render, template_hash,
                                      validate_model_dir)
@@ -178,7 +178,7 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
                 requests = [Request(rendered[i], tuple(t), seeds[i], None if context is None else context - len(t))
                             for i, t in zip(shard, ids)]
                 model_start = time.perf_counter()
-                outputs = _generate(backend, requests, cfg)
+                outputs = run_backend(backend, requests, cfg.sampling, cfg.display_name)
                 model_seconds += time.perf_counter() - model_start
                 table = _shard_table(shard, outputs, prompt_ids, rendered, seeds, keys, cfg, mhash, thash,
                                      backend.name, tokenizer)
@@ -203,21 +203,6 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
         tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds,
         backend=backend_name, model_hash=mhash, work_keys=frozenset(wanted),
         too_long=frozenset(prompt_ids[i] for i in too_long))
-
-
-def _generate(backend: Backend, requests: list[Request], cfg: GenerationConfig):
-    """`backend.generate`, its failures as one line: a PrefdataError passes as it is; anything
-    else the backend raises is a bug here or in the backend (exit 1), named with its first line."""
-    try:
-        return backend.generate(requests, cfg.sampling)
-    except PrefdataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - vLLM/torch raise many types; all end the run the same way
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise BackendFailed(f"the {backend.name} backend failed while generating for {cfg.display_name}: "
-                            f"{type(err).__name__}: {first}",
-                            "re-run to resume; if it repeats, report it with PREFDATA_DEBUG=1 for the traceback"
-                            ) from err
 
 
 def _progress(total: int, cfg: GenerationConfig):

@@ -57,6 +57,10 @@ def test_transformers_drops_and_stops_at_the_context(random_model_dir, tmp_path)
 def test_vllm_drops_and_stops_at_the_context(random_model_dir, vllm_backend, tmp_path):
     """The session engine's max_model_len is the model's 2048: a 2048-token prompt would make
     vLLM raise 'maximum context length'; it never reaches the engine."""
+    import torch
+
+    # the checkpoint's float32, as transformers runs it (vLLM's own "auto" would pick bfloat16)
+    assert vllm_backend.llm.model_config.dtype == torch.float32
     prompts, lengths = _prompts(random_model_dir)
     cfg = GenerationConfig(model=str(random_model_dir), backend="vllm", quiet=True,
                            sampling=SamplingConfig(n=2, max_tokens=32, seed=1))
@@ -67,6 +71,19 @@ def test_vllm_drops_and_stops_at_the_context(random_model_dir, vllm_backend, tmp
 
 def test_max_model_len_overrides_the_config(random_model_dir):
     assert context_length(random_model_dir, 40) == 40
+
+
+def test_dtype_auto_is_the_checkpoints_own(random_model_dir, tmp_path):
+    import json
+
+    from prefdata.generate.model import checkpoint_dtype, resolve_dtype
+
+    assert checkpoint_dtype(random_model_dir) == "float32"
+    assert resolve_dtype(random_model_dir, "auto") == "float32"
+    assert resolve_dtype(random_model_dir, "bfloat16") == "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert checkpoint_dtype(tmp_path) == "bfloat16"
+    assert checkpoint_dtype(tmp_path / "missing") == "float32"
 
 
 def test_a_backend_failure_is_one_line_exit_1_and_writes_nothing(random_model_dir, tmp_path):
