@@ -106,7 +106,7 @@ def _store_heldout(state: BuildState, spec) -> int:
 
 def step_generate(state: BuildState) -> BuildState:
     """Sample the policy and/or other model, as the scenarios need; cached by work key."""
-    from prefdata.generate import generate_candidates, load_tokenizer, write_reference_candidates
+    from prefdata.generate import generate_candidates, write_reference_candidates
 
     origins = state.cfg.origins()
     state.summary["generation"] = {}
@@ -126,11 +126,25 @@ def step_generate(state: BuildState) -> BuildState:
         state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached"
                   + (f", {len(stats.too_long)} dropped as prompt_too_long" if stats.too_long else "")
                   + f" ({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
-    if "reference" in origins:  # counted in the policy's tokens, like the samples they are paired with
-        tokenizer = load_tokenizer(state.cfg.policy.model, trust_remote_code=state.cfg.policy.trust_remote_code)
-        written = write_reference_candidates(state.ws, state.prompts, tokenizer)
+    if "reference" in origins:
+        written = write_reference_candidates(state.ws, state.prompts, _reference_tokenizer(state.cfg))
         state.summary["generation"]["reference"] = {"candidates_written": written}
     return state
+
+
+def _reference_tokenizer(cfg: BuildConfig):
+    """Reference solutions are counted in the policy's tokens (the model DPO trains), the same in
+    every scenario; a build that samples only the other model (scenario 4) and whose policy
+    cannot be loaded counts them in the other model's."""
+    from prefdata.config import resolve_model
+    from prefdata.generate import load_tokenizer
+
+    try:
+        return load_tokenizer(resolve_model(cfg.policy.model), trust_remote_code=cfg.policy.trust_remote_code)
+    except PrefdataError:
+        if "policy" in cfg.origins():
+            raise
+        return load_tokenizer(resolve_model(cfg.other.model), trust_remote_code=cfg.other.trust_remote_code)
 
 
 def make_judge(cfg: BuildConfig):
