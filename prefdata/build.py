@@ -314,7 +314,7 @@ def format_summary(summary: dict) -> str:
     for dataset, n in summary["pairs"].items():
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
-    lines.append(f"terms             drop reasons and terms are explained in {GLOSSARY}")
+    lines.append(f"terms             drop reasons and terms: {GLOSSARY} (or python -m prefdata.glossary)")
     return "\n".join(lines)
 
 
