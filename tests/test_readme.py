@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "study.md", ROOT / "docs" / "toy_world.md"]
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
+GSM8K = Path(os.environ.get("PREFDATA_GSM8K_DIR") or ROOT.parent / "shared" / "data" / "gsm8k")
 NOT_RUN = {  # pattern in the command -> why it is not run here
     "scripts/install.sh": "the installation this test runs in",
     "pytest": "the test suite this test is part of",
@@ -99,7 +99,7 @@ def test_the_docs_hold_the_commands_this_test_expects():
 @pytest.mark.vllm
 def test_every_doc_command_runs_as_written(clone):
     if not GSM8K.is_dir():
-        pytest.skip(f"the README's GSM8K data is not at {GSM8K}")
+        pytest.fail(f"the README's GSM8K data is not at {GSM8K}; set PREFDATA_GSM8K_DIR")
     ran = []
     for line in doc_commands():
         reason = next((why for pattern, why in NOT_RUN.items() if pattern in line), None)
@@ -123,7 +123,7 @@ def test_every_doc_command_runs_as_written(clone):
 def test_the_gsm8k_command_on_transformers(clone):
     """The toy models attend over 512 tokens; the longest GSM8K test prompts do not fit."""
     if not GSM8K.is_dir():
-        pytest.skip(f"the README's GSM8K data is not at {GSM8K}")
+        pytest.fail(f"the README's GSM8K data is not at {GSM8K}; set PREFDATA_GSM8K_DIR")
     line = next(c for c in doc_commands() if "gsm8k" in c)
     words = small(shlex.split(line)) + ["--backend", "transformers"]
     words[words.index("--limit") + 1] = "100"  # the README's 100 prompts: one of them is too long
