@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 from typer.testing import CliRunner
 
 from prefdata.card import dataset_card, public_name, write_card
