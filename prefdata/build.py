@@ -26,10 +26,11 @@ from types import SimpleNamespace
 from typing import Callable
 
 from prefdata import pause
-from prefdata.config import TOY, BuildConfig
+from prefdata.config import SCENARIO_ORIGINS, TOY, BuildConfig
 from prefdata.errors import PrefdataError
-from prefdata.store import Workspace, atomic_write_bytes
+from prefdata.store import Workspace
 
+GLOSSARY = "docs/glossary.md"  # in the prefdata repository; `prefdata.glossary` holds the same text
 TOY_ROWS = {"train": 4000, "test": 1000}  # toy split sizes written for the source (prefix-stable)
 
 
@@ -43,6 +44,7 @@ class BuildState:
     scored: object = None             # pl.DataFrame: this build's candidates with verdicts
     hygiene: object = None            # prefdata.hygiene.stage.PromptHygiene: its index checks chosen texts
     pairs: dict = field(default_factory=dict)    # dataset name -> pl.DataFrame
+    too_long: dict = field(default_factory=dict)  # origin -> prompt ids too long for its model's context
     summary: dict = field(default_factory=dict)
 
 
@@ -178,18 +180,37 @@ def step_generate(state: BuildState) -> BuildState:
         gen_cfg = getattr(state.cfg, origin)
         stats = generate_candidates(state.ws, state.prompts, gen_cfg)
         state.work_keys |= set(stats.work_keys)
+        state.too_long[origin] = stats.too_long
         state.summary["generation"][origin] = {
             "model": gen_cfg.display_name, "model_hash": stats.model_hash, "backend": stats.backend,
             "prompts_cached": stats.prompts_cached, "prompts_generated": stats.prompts_generated,
             "candidates_written": stats.candidates_written, "model_calls": stats.model_calls,
-            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2)}
-        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached "
-                  f"({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
+            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2),
+            "prompt_too_long": len(stats.too_long)}
+        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached"
+                  + (f", {len(stats.too_long)} dropped as prompt_too_long" if stats.too_long else "")
+                  + f" ({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
     if "reference" in origins:
-        written = write_reference_candidates(state.ws, state.prompts)
-        state.work_keys |= set(reference_candidates(state.prompts).column("work_key").to_pylist())
+        tokenizer = _reference_tokenizer(state.cfg)
+        written = write_reference_candidates(state.ws, state.prompts, tokenizer)
+        state.work_keys |= set(reference_candidates(state.prompts, tokenizer).column("work_key").to_pylist())
         state.summary["generation"]["reference"] = {"candidates_written": written}
     return state
+
+
+def _reference_tokenizer(cfg: BuildConfig):
+    """Reference solutions are counted in the policy's tokens (the model DPO trains), the same in
+    every scenario; a build that samples only the other model (scenario 4) and whose policy
+    cannot be loaded counts them in the other model's."""
+    from prefdata.config import resolve_model
+    from prefdata.generate import load_tokenizer
+
+    try:
+        return load_tokenizer(resolve_model(cfg.policy.model), trust_remote_code=cfg.policy.trust_remote_code)
+    except PrefdataError:
+        if "policy" in cfg.origins():
+            raise
+        return load_tokenizer(resolve_model(cfg.other.model), trust_remote_code=cfg.other.trust_remote_code)
 
 
 def make_judge(cfg: BuildConfig):
@@ -244,6 +265,8 @@ def step_judge(state: BuildState) -> BuildState:
 
 def step_select(state: BuildState) -> BuildState:
     """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
+    import polars as pl
+
     from prefdata.mix import mix_pairs
     from prefdata.rebuild import no_pairs_error
     from prefdata.select import SelectConfig, select_pairs
@@ -255,8 +278,13 @@ def step_select(state: BuildState) -> BuildState:
     per_scenario, drops = {}, {}
     for scenario in cfg.scenarios:
         dataset = f"scenario{scenario}" if cfg.mix else cfg.name
-        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset),
+        # a prompt too long for a model the scenario samples has no pair; counted as such, not as no_<origin>
+        too_long = set().union(*(state.too_long.get(o, ()) for o in SCENARIO_ORIGINS[scenario]))
+        scored = state.scored.filter(~pl.col("prompt_id").is_in(list(too_long))) if too_long else state.scored
+        pairs, dropped = select_pairs(scored, scenario, replace(select_cfg, dataset=dataset),
                                       eval_index=state.hygiene.index if state.hygiene else None)
+        if too_long:
+            dropped = {"prompt_too_long": len(too_long), **dropped}
         per_scenario[scenario] = pairs
         drops[dataset] = dropped
     pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
@@ -330,10 +358,10 @@ def _with_train_tokens(scored, cfg: BuildConfig, column: str):
 
 def step_finish(state: BuildState) -> BuildState:
     """Manifest last (it describes the parts above), then the dataset card."""
-    from prefdata.card import dataset_card
+    from prefdata.card import write_card
 
     state.ws.write_manifest(f"build:{state.cfg.name}", {"config": state.cfg.to_dict(), "summary": state.summary})
-    atomic_write_bytes(state.ws.root / "README.md", dataset_card(state.ws).encode())
+    write_card(state.ws)
     return state
 
 
@@ -379,12 +407,30 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     with ws.writer():
         if ws.recovered_lock_from:
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
+        if not ws.manifest():  # a build killed before its first stage still leaves a described workspace
+            ws.write_manifest()
         state = BuildState(cfg=cfg, ws=ws, log=log)
-        for step in STEPS:
-            pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
-            state = step(state)
+        try:
+            for step in STEPS:
+                pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
+                state = step(state)
+        except BaseException:
+            _describe_after_failure(ws)
+            raise
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary
+
+
+def _describe_after_failure(ws: Workspace) -> None:
+    """Re-derive the manifest and card from the parts a failed build left, so `info` and the
+    card describe them; a failure here must not hide the build's own error."""
+    from prefdata.card import write_card
+
+    try:
+        ws.write_manifest()
+        write_card(ws)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def _silence_library_progress() -> None:
@@ -427,6 +473,7 @@ def format_summary(summary: dict) -> str:
     for dataset, n in summary["pairs"].items():
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
+    lines.append(f"terms             drop reasons and terms: {GLOSSARY} (or python -m prefdata.glossary)")
     return "\n".join(lines)
 
 

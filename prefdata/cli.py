@@ -30,6 +30,7 @@ toy_app = typer.Typer(help="The embedded toy world: tiny policy/other models and
 app.add_typer(toy_app, name="toy")
 
 DEFAULT_WORKSPACE = Path("prefdata-workspace")
+VERBOSE_HELP = "Also show the model libraries' logging (vLLM, Ray, transformers, Triton); else it goes to WORKSPACE/logs/."
 
 
 class OutputFormat(str, Enum):
@@ -81,7 +82,8 @@ def build(
     decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a run of select.decontaminate_n words (default 13) with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
     set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.top_p=0.9"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or step log."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Build a preference dataset: prompts -> candidates -> judgments -> pairs.
 
@@ -144,8 +146,21 @@ def build(
     if quiet:
         raw["quiet"] = True
     cfg = build_config(raw, origin_of(labels, origin_label))
-    summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
+    with _library_logs(workspace, "build", verbose, quiet):
+        summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
+
+
+def _library_logs(workspace: Path, command: str, verbose: bool, quiet: bool = False):
+    from prefdata.logs import workspace_logs
+
+    return workspace_logs(workspace, command, verbose=verbose, say=None if quiet else typer.echo)
+
+
+def _refresh_card(ws) -> None:
+    from prefdata.card import refresh_card
+
+    refresh_card(ws)
 
 
 _BUILD_FLAGS = {"source.path_or_name": "--source", "source.format": "--format", "policy.model": "--policy-model",
@@ -167,19 +182,26 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (one Parquet file per dataset)."),
     format: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected for TRL's DPOTrainer) or parquet (raw pairs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
-    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
+    conversational: Optional[bool] = typer.Option(None, "--conversational/--standard",
+                                        help="TRL conversational form (chat messages: TRL applies the model's chat "
+                                             "template, as generation did; default) or standard (bare prompt text, "
+                                             "no template)."),
     keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
     implicit_prompt: bool = typer.Option(False, "--implicit-prompt", help="Implicit-prompt form: chosen/rejected are whole Human/Assistant dialogues, no prompt column."),
 ) -> None:
-    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
-    from prefdata.export import export_pairs
+    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are).
+
+    Scored pairs carry TRL's ref_chosen_logps / ref_rejected_logps columns; train on them with
+    prefdata.export.stored_reference_trainer() and DPOConfig(precompute_ref_log_probs=True).
+    """
+    from prefdata.export import export_pairs, format_export
     from prefdata.store import Workspace
 
     result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
                           conversational=conversational, keep_provenance=keep_provenance,
                           implicit_prompt=implicit_prompt)
-    for name, info in result.items():
-        typer.echo(f"{name}: {info}")
+    for line in format_export(result):
+        typer.echo(line)
 
 
 class ImportKind(str, Enum):
@@ -242,17 +264,21 @@ def score(
     shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
                                        help="Compute each pair's prompt once for both responses (one packed "
                                             "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
     from prefdata.config import resolve_model
-    from prefdata.score import score_pairs
+    from prefdata.score import format_score_summary, score_pairs
     from prefdata.store import Workspace
 
     ws = Workspace.open(workspace)
-    summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
-                          batch_tokens=batch_tokens, device=device, progress=typer.echo,
-                          shared_prefix=shared_prefix)
-    typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    with _library_logs(workspace, "score", verbose, quiet):
+        summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
+                              batch_tokens=batch_tokens, device=device, progress=None if quiet else typer.echo,
+                              shared_prefix=shared_prefix)
+    _refresh_card(ws)
+    typer.echo(format_score_summary(summary))
 
 
 @app.command()
@@ -288,6 +314,8 @@ def train(
     shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
                                        help="Compute each pair's prompt once for both responses (one packed "
                                             "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final report."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
@@ -334,15 +362,21 @@ def train(
 
     # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
     # ranks wait at a barrier and then read the pairs it scored.
-    with rank_zero_first(device) as ctx:
-        if ctx.main:
-            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo,
-                        shared_prefix=shared_prefix)
-    run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
-    if ctx.main:  # under torchrun, once
+    say = None if quiet else typer.echo
+    with _library_logs(workspace, "train", verbose, quiet):
+        with rank_zero_first(device) as ctx:
+            if ctx.main:
+                score_pairs(ws, model_path, dataset=name, device=device, progress=say,
+                            shared_prefix=shared_prefix)
+        result = run_train(ws, cfg, progress=say)  # prints the per-run report at the end
+    if ctx.main:
+        _refresh_card(ws)
         run_dir = cfg.run_dir(ws)
-        typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
-        typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
+        if quiet:
+            from prefdata.train.report import format_run
+
+            typer.echo(format_run(result))
+        typer.echo(f"model: {run_dir / 'model'}  report: {run_dir / 'report.txt'}, {run_dir / 'report.png'}")
 
 
 @app.command()
@@ -351,9 +385,11 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
     from prefdata.store import Workspace
     from prefdata.train.report import combined_report
 
-    result = combined_report(Workspace.open(workspace))
+    ws = Workspace.open(workspace)
+    result = combined_report(ws)
+    _refresh_card(ws)
     typer.echo(result["text"])
-    typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
+    typer.echo("wrote " + ", ".join(str(p) for p in result["files"]))
 
 
 @app.command()
@@ -367,6 +403,8 @@ def study(
     epochs: int = typer.Option(2, "--epochs", help="Training epochs per scenario."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
     seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final tables."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Run the whole study on the toy world: build scenarios 1-4, score, train each, report.
 
@@ -375,11 +413,15 @@ def study(
     """
     from prefdata.study import StudyConfig, run_study
 
-    result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
-                                              epochs=epochs, lr=lr, seed=seed), log=typer.echo)
-    from prefdata.store import atomic_write_bytes
+    with _library_logs(workspace, "study", verbose, quiet):
+        result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
+                                                  epochs=epochs, lr=lr, seed=seed),
+                           log=(lambda _msg: None) if quiet else typer.echo)
+    from prefdata.store import Workspace, atomic_write_bytes
 
     atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
+
+    _refresh_card(Workspace.open(workspace))
     typer.echo("\n" + result["tables"])
 
 

@@ -59,8 +59,12 @@ def hygiene_entries(manifest: dict) -> list[dict]:
 
 
 def format_info(info: dict) -> str:
-    lines = [f"workspace {info['workspace']}  (prefdata {info['prefdata_version']}, "
-             f"schema v{info['schema_version']}, updated {info['updated_at']})", "", "tables:"]
+    if info["prefdata_version"] is None:  # parts but no manifest: a first build killed before it wrote one
+        header = "(no manifest yet: a build was interrupted before its first stage finished)"
+    else:
+        header = (f"(prefdata {info['prefdata_version']}, schema v{info['schema_version']}, "
+                  f"updated {info['updated_at']})")
+    lines = [f"workspace {info['workspace']}  {header}", "", "tables:"]
     for name, t in info["tables"].items():
         lines.append(f"  {name:<11} {t['rows']:>9,} rows  {t['parts']:>4} parts  {t['bytes'] / 1e6:8.2f} MB")
 

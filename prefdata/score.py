@@ -153,6 +153,21 @@ def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[
 
 
 # -- the stage ----------------------------------------------------------------------------------
+def _fits_context(prompts, chosen, rejected, context: int | None, dropped: dict) -> list[bool]:
+    """Per pair: do prompt + chosen and prompt + rejected both fit `context` tokens? Counts the
+    misfits in `dropped`: prompt_too_long (the prompt alone fills it), too_long (with a response)."""
+    if context is None:
+        return [True] * len(prompts)
+    fits = []
+    for p, c, r in zip(prompts, chosen, rejected):
+        if len(p) >= context:
+            dropped["prompt_too_long"] += 1
+        elif len(p) + max(len(c), len(r)) > context:
+            dropped["too_long"] += 1
+        fits.append(len(p) + max(len(c), len(r)) <= context)
+    return fits
+
+
 def _fill(table, rows: list[int], values: dict[str, list]):
     """`table` with column `name` replaced by `values[name]` at `rows` (in order), kept elsewhere."""
     import numpy as np
@@ -189,6 +204,7 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
     """
     import pyarrow.parquet as pq
 
+    from prefdata.generate.model import context_length
     from prefdata.schemas import conform
     from prefdata.train.packing import score_pairs_shared, supports_shared_prefix
 
@@ -196,7 +212,8 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
     ref_hash = model_hash(model_path)
     started = time.time()
     summary = {"model_path": str(model_path), "ref_model_hash": ref_hash, "dataset": dataset,
-               "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0}
+               "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0,
+               "dropped": {"prompt_too_long": 0, "too_long": 0}}
     with ws.writer():
         model = tokenizer = None
         known: set[str] = set()
@@ -219,28 +236,46 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
             prompts = encode_prompts(tokenizer, sub["prompt"].to_pylist(), sub["messages"].to_pylist())
             chosen = encode_completions(tokenizer, sub["chosen"].to_pylist())
             rejected = encode_completions(tokenizer, sub["rejected"].to_pylist())
-            n = len(rows)
+            # Past the model's context its log-probs mean nothing: such pairs keep null log-probs
+            # (the hash says they were looked at) and are counted; training leaves them out.
+            fits = _fits_context(prompts, chosen, rejected, context_length(model_path), summary["dropped"])
+            live = [i for i, ok in enumerate(fits) if ok]
             if shared_prefix and supports_shared_prefix(model):
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                sums = sum(score_pairs_shared(model, pad, list(zip(prompts, chosen, rejected)), batch_tokens,
-                                              chunk_positions, use_bf16), [])
+                triples = [(prompts[i], chosen[i], rejected[i]) for i in live]
+                sums = sum(score_pairs_shared(model, pad, triples, batch_tokens, chunk_positions, use_bf16), [])
             else:
-                sums = score_sequences(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)),
+                sums = score_sequences(model, tokenizer, [(prompts[i], chosen[i]) for i in live]
+                                       + [(prompts[i], rejected[i]) for i in live],
                                        batch_tokens, chunk_positions, use_bf16)
+            n, k = len(rows), len(live)
+            c_sum, r_sum = [None] * n, [None] * n
+            for j, i in enumerate(live):
+                c_sum[i], r_sum[i] = sums[j], sums[k + j]
             c_len, r_len = [len(c) for c in chosen], [len(r) for r in rejected]
             table = _fill(table, rows, {
-                "ref_chosen_logp": sums[:n], "ref_rejected_logp": sums[n:],
-                "ref_chosen_logp_mean": [v / k for v, k in zip(sums[:n], c_len)],
-                "ref_rejected_logp_mean": [v / k for v, k in zip(sums[n:], r_len)],
+                "ref_chosen_logp": c_sum, "ref_rejected_logp": r_sum,
+                "ref_chosen_logp_mean": [None if v is None else v / t for v, t in zip(c_sum, c_len)],
+                "ref_rejected_logp_mean": [None if v is None else v / t for v, t in zip(r_sum, r_len)],
                 "chosen_tokens": c_len, "rejected_tokens": r_len, "ref_model_hash": [ref_hash] * n})
             key = path.name[len("part-"):-len(".parquet")]
             ws.write_part("pairs", key, table)
             summary["parts_scored"] += 1
-            summary["rows_scored"] += n
-            say(f"scored {n} pairs in part {key}")
+            summary["rows_scored"] += k
+            say(f"scored {k} pairs in part {key}" + (f", {n - k} too long for the model's context" if n > k else ""))
         if dataset is not None and dataset not in known:
             raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
                                 f"choose one of: {', '.join(sorted(known))}" if known else "build pairs first")
         summary["seconds"] = round(time.time() - started, 3)
         ws.write_manifest("score", {k: v for k, v in summary.items() if k != "seconds"})
     return summary
+
+
+def format_score_summary(summary: dict) -> str:
+    """One readable line: what was scored, what was left out and why."""
+    dropped = ", ".join(f"{k}={v}" for k, v in summary.get("dropped", {}).items() if v)
+    what = f"dataset {summary['dataset']}" if summary.get("dataset") else "all datasets"
+    return (f"scored {summary['rows_scored']} pairs of {what} under {summary['model_path']} "
+            f"(ref_model_hash {summary['ref_model_hash']}); {summary['parts_skipped']} parts already scored"
+            + (f"; left unscored (past the model's context): {dropped}" if dropped else "")
+            + f"; {summary.get('seconds', 0)} s")

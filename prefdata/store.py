@@ -155,10 +155,10 @@ def _check_entry(path: Path, directory: bool) -> None:
 
 def _may_precede_manifest(name: str, has_tables: bool) -> bool:
     """What a build killed before its first manifest write can leave: table folders, the lock,
-    and the manifest writer's temp file (removed when the writer lock is next taken). A workspace
+    the model-library log folder (`prefdata.logs`), and the manifest writer's temp file (removed when the writer lock is next taken). A workspace
     whose damaged manifest was moved aside also holds its card and training runs."""
     temp = _TEMP_NAME.fullmatch(name)
-    return (name in TABLES or name == LOCK or (temp is not None and temp["name"] == MANIFEST)
+    return (name in TABLES or name in (LOCK, "logs") or (temp is not None and temp["name"] == MANIFEST)
             or (has_tables and name in ("README.md", "runs")))
 
 

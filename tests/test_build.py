@@ -313,3 +313,18 @@ def test_cli_info_summarises_tables_scenarios_and_provenance(built, models):
         assert f"scenario={scenario}  kind={kind}" in done.stdout, done.stdout
     assert f"model_name={models['policy']}" in done.stdout and "judge_name=verifier" in done.stdout
     assert "stages done:" in done.stdout and "build:scenario2" in done.stdout
+
+
+def test_a_failed_build_leaves_a_workspace_that_info_describes(tmp_path):
+    """The policy directory is missing: the build stops after storing the prompts (exit 2, one
+    line); the manifest and card are re-derived from what it wrote, so `info` names the version
+    and schema and counts the prompts (it printed "prefdata None, schema vNone" before)."""
+    root = tmp_path / "ws"
+    done = _cli("build", str(root), "--scenario", "2", "--limit", "4", "--backend", "transformers",
+                "--policy-model", str(tmp_path / "no-such-model"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no-such-model" in done.stderr
+    info = _cli("info", str(root))
+    assert info.returncode == 0, info.stderr
+    assert "None" not in info.stdout and re.search(r"\(prefdata \S+, schema v1, updated ", info.stdout)
+    assert re.search(r"prompts\s+\d+ rows", info.stdout) and " 0 rows" not in info.stdout.splitlines()[3]
+    assert "# Preference pairs built by prefdata" in (root / "README.md").read_text()

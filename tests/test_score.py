@@ -198,3 +198,30 @@ def test_logits_only_for_completion_positions_in_chunks(tmp_path, monkeypatch):
     sums = score.score_sequences(model, tokenizer, seqs, batch_tokens=64, chunk_positions=8)
     assert len(sums) == 6 and all(s < 0 for s in sums)
     assert max(rows) <= 8 and sum(rows) == sum(len(c) for _, c in seqs)  # completion positions only
+
+
+def test_pairs_past_the_context_are_counted_not_scored(tmp_path):
+    """The tiny model attends over 512 positions: a 600-character prompt, or a 500-character
+    response after a short prompt, does not fit; those pairs keep null log-probs and are counted,
+    and the trainer's pair loader leaves them out instead of refusing the dataset."""
+    from prefdata.train.loop import _load_pairs
+
+    model_dir = tiny_model_dir(tmp_path / "model")
+    table = pairs_table("scenario1", 4)
+    prompts, chosen = table["prompt"].to_pylist(), table["chosen"].to_pylist()
+    prompts[1] = "What is " + "1 + " * 150 + "1?"
+    chosen[2] = "1" * 500
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts))
+    table = table.set_column(table.schema.get_field_index("chosen"), "chosen", pa.array(chosen))
+    ws = Workspace.create(tmp_path / "ws")
+    with ws.writer():
+        ws.write_part("pairs", "scenario1", table)
+    summary = score_pairs(ws, model_dir, device="cpu")
+    assert summary["dropped"] == {"prompt_too_long": 1, "too_long": 1}
+    assert summary["rows_scored"] == 2
+    rows = ws.read("pairs").to_pylist()
+    assert [r["ref_chosen_logp"] is None for r in rows] == [False, True, True, False]
+    assert all(r["ref_model_hash"] == summary["ref_model_hash"] for r in rows)
+    assert _load_pairs(ws, "scenario1")["pair_id"] == [rows[0]["pair_id"], rows[3]["pair_id"]]
+    # resumable as before: the part counts as scored by this model
+    assert score_pairs(ws, model_dir, device="cpu")["parts_skipped"] == 1

@@ -316,7 +316,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
               "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
     result = report.assemble(cfg, history, final, before, after, evalset,
-                             {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
+                             {"pairs": n, "kinds": sorted(set(pairs["kind"])), "pairs_dropped_too_long": dropped,
+                              "steps": total_steps,
                               "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
                               "shared_prefix": shared,
                               "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
@@ -357,6 +358,13 @@ def _load_pairs(ws, dataset: str) -> dict:
         known = sorted(set(table["dataset"].to_pylist()))
         raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
                             f"choose one of: {', '.join(known)}" if known else "build pairs first")
+    # scored but past the reference model's context (score.py leaves their log-probs null): left out
+    unfit = pc.and_(subset["ref_model_hash"].is_valid(),
+                    pc.or_(subset["ref_chosen_logp"].is_null(), subset["ref_rejected_logp"].is_null()))
+    subset = subset.filter(pc.invert(unfit))
+    if subset.num_rows == 0:
+        raise PrefdataError(f"every pair of {dataset!r} is longer than the reference model's context",
+                            "use a model with a longer context, or shorter prompts (see `prefdata score`)")
     missing = subset["ref_chosen_logp"].null_count + subset["ref_rejected_logp"].null_count
     if missing:
         raise PrefdataError(f"{missing} log-probs of {dataset!r} pairs are not scored yet",

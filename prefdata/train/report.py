@@ -17,8 +17,9 @@
 - held-out accuracy: greedy answers to held-out prompts, graded by
   `verify(text, reference_answer)`, before and after.
 
-Written to `WORKSPACE/runs/<dataset>-<loss>/` as report.txt, report.json, report.png;
-`combined_report(ws)` lays all runs side by side.
+Written to `WORKSPACE/runs/<dataset>-<loss>/` as report.txt, report.json, report.png
+(`prefdata.train.plots`); `combined_report(ws)` lays all runs side by side
+(runs/combined.txt, .json, .png).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
+from prefdata.train import plots
 
 
 # -- evaluation data ----------------------------------------------------------------------------
@@ -290,45 +292,6 @@ def format_run(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _plot(result: dict, path: Path) -> None:
-    # Figure + Agg canvas directly: no pyplot global state, no display backend needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 8), tight_layout=True)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(2, 2, 1)
-    steps = [t["step"] for t in result["trajectory"]]
-    for key, style in (("chosen", "-o"), ("rejected", "-s"), ("dispersion", "--")):
-        values = [t[key] for t in result["trajectory"]]
-        if any(v is not None for v in values):
-            ax.plot(steps, values, style, label="unpaired" if key == "dispersion" else key, markersize=3)
-    ax.set(title="mean per-token log-prob (eval subset)", xlabel="step", ylabel="log-prob / token")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 2)
-    for side in ("chosen", "rejected"):
-        ax.plot([g["step"] for g in result["gradients"]], [g[side] for g in result["gradients"]], "-o",
-                label=side, markersize=3)
-    ax.set(title="loss-gradient norm through each side (probe batch)", xlabel="step", yscale="log")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 3)
-    ax.plot([t["step"] for t in result["train"]], [t["loss"] for t in result["train"]], label="loss")
-    ax.plot([t["step"] for t in result["train"]], [t["reward_accuracy"] for t in result["train"]],
-            label="reward accuracy", alpha=0.6)
-    ax.set(title="training", xlabel="step")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 4)
-    labels = ["chosen", "rejected", "unpaired"]
-    cells = [result["table1"]["chosen"], result["table1"]["rejected"], result["dispersion"]]
-    for k, (when, offset) in enumerate((("before", -0.2), ("after", 0.2))):
-        ax.bar([i + offset for i in range(3)], [c[when] or 0.0 for c in cells], width=0.4, label=when)
-    ax.set_xticks(range(3), labels)
-    ax.set(title="Table 1: mean per-token log-prob", ylabel="log-prob / token")
-    ax.legend()
-    fig.suptitle(result["run"])
-    fig.savefig(path, dpi=100)
-
-
 def write_report(run_dir: Path, result: dict) -> None:
     from prefdata.store import atomic_write_bytes
 
@@ -336,7 +299,7 @@ def write_report(run_dir: Path, result: dict) -> None:
     atomic_write_bytes(run_dir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(run_dir / "report.txt", (format_run(result) + "\n").encode())
     try:
-        _plot(result, run_dir / "report.png")
+        _write_png(run_dir / "report.png", lambda path: plots.plot_run(result, path))
     except ModuleNotFoundError as err:  # the numbers are in report.json/.txt; only the picture needs matplotlib
         if err.name != "matplotlib" and not str(err.name).startswith("matplotlib."):
             raise
@@ -345,10 +308,22 @@ def write_report(run_dir: Path, result: dict) -> None:
         warnings.warn("report.png not written: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
 
 
-def combined_report(ws) -> dict:
-    """All finished runs of the workspace side by side; writes runs/combined.{txt,json}.
+def _write_png(path: Path, draw) -> None:
+    """Draw into a temp file, then rename: a reader never sees half a PNG."""
+    import os
 
-    Returns {"runs": [per-run summary], "text": the table}.
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        draw(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def combined_report(ws) -> dict:
+    """All finished runs of the workspace side by side; writes runs/combined.{txt,json,png}.
+
+    Returns {"runs": [per-run summary], "text": the table, "files": the paths written}.
     """
     from prefdata.store import atomic_write_bytes
 
@@ -372,4 +347,6 @@ def combined_report(ws) -> dict:
     text = "\n".join(lines)
     atomic_write_bytes(runs_dir / "combined.json", (json.dumps({"runs": summary}, indent=2) + "\n").encode())
     atomic_write_bytes(runs_dir / "combined.txt", (text + "\n").encode())
-    return {"runs": summary, "text": text, "files": [runs_dir / "combined.txt", runs_dir / "combined.json"]}
+    _write_png(runs_dir / "combined.png", lambda path: plots.plot_runs(results, path))
+    files = [runs_dir / f"combined.{ext}" for ext in ("txt", "json", "png")]
+    return {"runs": summary, "text": text, "files": files}

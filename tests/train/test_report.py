@@ -118,10 +118,38 @@ def test_combined_report_lays_runs_side_by_side(runs):
     assert "scenario2-ipo" in combined["text"].splitlines()[0]
     saved = json.loads((Path(ws.root) / "runs" / "combined.json").read_text())
     assert saved["runs"][1]["table1"]["rejected"]["after"] == runs[3]["table1"]["rejected"]["after"]
-    # what `prefdata report` prints as the files it wrote: exactly the combined files, all on disk
-    assert sorted(p.name for p in combined["files"]) == ["combined.json", "combined.txt"]
+    runs_dir = Path(ws.root) / "runs"
+    assert combined["files"] == [runs_dir / "combined.txt", runs_dir / "combined.json", runs_dir / "combined.png"]
+    assert (runs_dir / "combined.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(p.is_file() for p in combined["files"])
     print(combined["text"])
+
+
+def _axes(fig):
+    return [ax for sub in [fig, *fig.subfigs] for ax in sub.axes]
+
+
+def test_figures_label_every_axis_and_name_the_run(runs, tmp_path):
+    """Every axis has both labels; the title names kind, loss, beta and learning rate; the
+    unpaired curve has an axis of its own; held-out accuracy is drawn before and after."""
+    from prefdata.train import plots
+
+    _, _, dpo, ipo, _ = runs
+    fig = plots.plot_run(dpo, tmp_path / "run.png")
+    assert fig._suptitle.get_text() == "scenario2-dpo: mixed data, loss dpo, beta 0.1, lr 0.001"
+    assert all(ax.get_ylabel() for ax in _axes(fig))
+    # the reward-accuracy twin shares the loss panel's step axis, the only one without its own x label
+    assert [ax.get_ylabel() for ax in _axes(fig) if not ax.get_xlabel()] == [
+        "reward accuracy (chosen reward > rejected)"]
+    lines = {line.get_label(): ax for ax in _axes(fig) for line in ax.get_lines()}
+    assert lines["unpaired"] is not lines["chosen (starts at %.2f)" % dpo["trajectory"][0]["chosen"]]
+    accuracy = next(ax for ax in _axes(fig) if ax.get_title().startswith("held-out accuracy"))
+    assert [round(p.get_height(), 6) for p in accuracy.patches] == [round(dpo["accuracy"]["before"], 6),
+                                                                     round(dpo["accuracy"]["after"], 6)]
+    both = plots.plot_runs([dpo, ipo], tmp_path / "all.png")
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in _axes(both))
+    titles = [ax.get_title() for ax in _axes(both)]
+    assert "scenario2-ipo:\nmixed data, loss ipo, beta 0.5, lr 0.001" in titles
 
 
 def test_heldout_responses_exclude_paired_texts(runs):
