@@ -1,55 +1,25 @@
 """The `prefdata` command: parses options, builds a typed config, calls the library.
 
 Heavy modules (pyarrow, polars, duckdb, torch, vllm) are imported inside the
-commands so that `prefdata --help` and `prefdata --version` answer instantly.
+commands so that `prefdata --help` and `prefdata --version` answer instantly. The
+commands that make and train datasets are here; those that import, inspect, export and
+maintain a workspace are in `prefdata.cli_data`; the app itself is in `prefdata.cli_base`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from prefdata import __version__
+from prefdata.cli_base import (DEFAULT_WORKSPACE, VERBOSE_HELP, _dataset_name, _library_logs, _refresh_card,
+                               app, toy_app)
 from prefdata.errors import PrefdataError
 
-app = typer.Typer(
-    name="prefdata",
-    help="Build on-policy, off-policy and mixed preference-pair datasets (the four scenarios of "
-         "'3D-Properties: Identifying Challenges in DPO'), query them with DuckDB, and train DPO/IPO on them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-toy_app = typer.Typer(help="The embedded toy world: tiny policy/other models and an arithmetic task.",
-                      no_args_is_help=True)
-app.add_typer(toy_app, name="toy")
-
-DEFAULT_WORKSPACE = Path("prefdata-workspace")
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    jsonl = "jsonl"
-    parquet = "parquet"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"prefdata {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    pass
+__all__ = ["app", "main", "toy_app"]
 
 
 @app.command()
@@ -75,12 +45,14 @@ def build(
     m: Optional[int] = typer.Option(None, "--m", help="Other-model samples per prompt."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for both models."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Max new tokens per sample."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm or reward_model."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm, reward_model, or imported:<column> (ratings from `prefdata import`)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model for the llm / reward_model judge."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a run of select.decontaminate_n words (default 13) with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
     set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.top_p=0.9"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or step log."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Build a preference dataset: prompts -> candidates -> judgments -> pairs.
 
@@ -121,11 +93,17 @@ def build(
         key = key.strip()
         set_path(raw, key, parse_set_value(key, value.strip()))
         labels[key] = "--set"
+    if decontaminate:
+        listed = raw.get("select", {}).get("decontaminate", [])
+        set_path(raw, "select.decontaminate", [*(listed if isinstance(listed, list) else [listed]), *decontaminate])
+        labels["select.decontaminate"] = "--decontaminate"
     if quiet:
         raw["quiet"] = True
     cfg = build_config(raw, origin_of(labels, origin_label))
-    summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
+    with _library_logs(workspace, "build", verbose, quiet):
+        summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
+
 
 
 _BUILD_FLAGS = {"source.path_or_name": "--source", "source.format": "--format", "policy.model": "--policy-model",
@@ -141,34 +119,6 @@ def _flag_of(dotted: str) -> str:
     return "--" + leaf.replace("_", "-")
 
 
-@app.command()
-def export(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory (one Parquet file per dataset)."),
-    format: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected for TRL's DPOTrainer) or parquet (raw pairs)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
-    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
-    keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
-) -> None:
-    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
-    from prefdata.export import export_pairs
-    from prefdata.store import Workspace
-
-    result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
-                          conversational=conversational, keep_provenance=keep_provenance)
-    for name, info in result.items():
-        typer.echo(f"{name}: {info}")
-
-
-def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:
-    if scenario is not None and dataset is not None:
-        raise PrefdataError("give --scenario or --dataset, not both", "e.g. --scenario 2 or --dataset mix-1x0.5-4x0.5")
-    if scenario is not None:
-        if scenario not in (1, 2, 3, 4):
-            raise PrefdataError(f"unknown scenario {scenario}", "use --scenario 1, 2, 3 or 4")
-        return f"scenario{scenario}"
-    return dataset
-
 
 @app.command()
 def score(
@@ -178,16 +128,24 @@ def score(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Score only this dataset (e.g. a mix)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per packed forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
     from prefdata.config import resolve_model
-    from prefdata.score import score_pairs
+    from prefdata.score import format_score_summary, score_pairs
     from prefdata.store import Workspace
 
     ws = Workspace.open(workspace)
-    summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
-                          batch_tokens=batch_tokens, device=device, progress=typer.echo)
-    typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    with _library_logs(workspace, "score", verbose, quiet):
+        summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
+                              batch_tokens=batch_tokens, device=device, progress=None if quiet else typer.echo,
+                              shared_prefix=shared_prefix)
+    _refresh_card(ws)
+    typer.echo(format_score_summary(summary))
 
 
 @app.command()
@@ -220,6 +178,11 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
                                               help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final report."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
@@ -260,41 +223,28 @@ def train(
     cfg = TrainConfig(dataset=name, model_path=model_path, loss=loss_cfg, lr=lr, epochs=epochs,
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                       bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                      device=device, output_dir=str(output_dir) if output_dir else None)
+                      device=device, output_dir=str(output_dir) if output_dir else None,
+                      shared_prefix=shared_prefix)
     from prefdata.train.distributed import rank_zero_first
 
     # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
     # ranks wait at a barrier and then read the pairs it scored.
-    with rank_zero_first(device) as ctx:
-        if ctx.main:
-            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
-    run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
-    if ctx.main:  # under torchrun, once
+    say = None if quiet else typer.echo
+    with _library_logs(workspace, "train", verbose, quiet):
+        with rank_zero_first(device) as ctx:
+            if ctx.main:
+                score_pairs(ws, model_path, dataset=name, device=device, progress=say,
+                            shared_prefix=shared_prefix)
+        result = run_train(ws, cfg, progress=say)  # prints the per-run report at the end
+    if ctx.main:
+        _refresh_card(ws)
         run_dir = cfg.run_dir(ws)
-        typer.echo(f"model: {run_dir / 'model'} (Hugging Face format; from_pretrained or vLLM load it)")
-        typer.echo(f"report: {run_dir / 'report.txt'}, {run_dir / 'report.json'}, {run_dir / 'report.png'}")
+        if quiet:
+            from prefdata.train.report import format_run
 
+            typer.echo(format_run(result))
+        typer.echo(f"model: {run_dir / 'model'}  report: {run_dir / 'report.txt'}, {run_dir / 'report.png'}")
 
-@app.command()
-def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
-    """Lay all trained runs of a workspace side by side (the study's Table 1 form)."""
-    from prefdata.store import Workspace
-    from prefdata.train.report import combined_report
-
-    from prefdata.iterate import iterate_texts
-
-    rounds = iterate_texts(workspace)
-    try:
-        result = combined_report(Workspace.open(workspace))
-    except PrefdataError:
-        if not rounds:
-            raise
-        result = None
-    if result:
-        typer.echo(result["text"])
-        typer.echo("wrote " + ", ".join(str(path) for path in result["files"]))
-    for text in rounds:  # iterate runs: their rounds side by side
-        typer.echo("\n" + text)
 
 
 @app.command()
@@ -308,6 +258,8 @@ def study(
     epochs: int = typer.Option(2, "--epochs", help="Training epochs per scenario."),
     lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
     seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final tables."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Run the whole study on the toy world: build scenarios 1-4, score, train each, report.
 
@@ -316,11 +268,15 @@ def study(
     """
     from prefdata.study import StudyConfig, run_study
 
-    result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
-                                              epochs=epochs, lr=lr, seed=seed), log=typer.echo)
-    from prefdata.store import atomic_write_bytes
+    with _library_logs(workspace, "study", verbose, quiet):
+        result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
+                                                  epochs=epochs, lr=lr, seed=seed),
+                           log=(lambda _msg: None) if quiet else typer.echo)
+    from prefdata.store import Workspace, atomic_write_bytes
 
     atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
+
+    _refresh_card(Workspace.open(workspace))
     typer.echo("\n" + result["tables"])
 
 
@@ -373,116 +329,10 @@ def iterate(
         typer.echo((workspace / "runs" / name / "rounds.txt").read_text().rstrip())
 
 
-@app.command()
-def query(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
-    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                        help="table (readable), csv, json or jsonl (both JSON Lines) or parquet."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
-) -> None:
-    """Run read-only DuckDB SQL over a workspace's tables.
 
-    Only SELECT (and EXPLAIN SELECT) runs, and DuckDB is confined to the workspace's table
-    parts: other files, extensions, ATTACH, COPY and settings changes are refused (see
-    docs/security.md). --output must lie outside the workspace.
-
-    Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
-    """
-    from prefdata.query import output_path, run_query, write_result
-    from prefdata.store import Workspace
-
-    ws = Workspace.open(workspace)
-    target = output_path(ws, output) if output is not None else None
-    text = write_result(run_query(ws, sql), format.value, target)
-    if text is not None:
-        typer.echo(text, nl=not text.endswith("\n"))
-
-
-@app.command()
-def info(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-) -> None:
-    """Summarise a workspace: tables, row counts, scenarios and provenance."""
-    import json
-
-    from prefdata.info import format_info, workspace_info
-    from prefdata.store import Workspace
-
-    summary = workspace_info(Workspace.open(workspace))
-    typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
-
-
-@app.command()
-def check(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
-    """Verify a workspace: parts readable and matching the manifest's sha256 and schemas/, every pair's
-    candidates and prompt present. Prints each fault; exits 2 if there is one."""
-    from prefdata.check import faults, open_for_check
-
-    found = faults(open_for_check(workspace))
-    for fault in found:
-        typer.echo(f"fault: {fault}")
-    if found:
-        raise PrefdataError(f"workspace {workspace} has {len(found)} fault(s), listed above; the first: {found[0]}",
-                            "move damaged files out of the workspace and re-run the build that wrote them")
-    typer.echo(f"{workspace}: ok")
-
-
-@app.command()
-def gc(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be freed."),
-) -> None:
-    """Remove candidates and judgments that no stored dataset's pairs refer to (builds never do).
-
-    Keeps all samples of each generation setting some pair was drawn from, their verdicts, all prompts and pairs.
-    """
-    from prefdata.gc import collect
-    from prefdata.store import Workspace
-
-    typer.echo(collect(Workspace.open(workspace), dry_run=dry_run).text(workspace))
-
-
-@toy_app.command("train")
-def toy_train(
-    out: Path = typer.Option(..., "--out", help="Directory that gets policy/ and other/."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same weights."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
-    """Train the toy policy and other model from a seed (the shipped weights came from seed 0)."""
-    from prefdata.toy.train import train_toy_models
-
-    for role, path in train_toy_models(out, seed=seed, quiet=quiet).items():
-        typer.echo(f"{role}: {path}")
-
-
-@toy_app.command("measure")
-def toy_measure(
-    n: int = typer.Option(200, "--n", help="Held-out problems."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy dir (default: shipped)."),
-    other: Optional[Path] = typer.Option(None, "--other", help="Other model dir (default: shipped)."),
-) -> None:
-    """Accuracy of both toy models and the on/off-policy log-prob gap under the policy."""
-    from prefdata.toy.measure import format_report, measure
-
-    typer.echo(format_report(measure(policy, other, n=n, seed=seed)))
-
-
-@toy_app.command("data")
-def toy_data(
-    out: Path = typer.Option(..., "--out", help="JSONL file to write (GSM8K fields question/answer)."),
-    split: str = typer.Option("train", "--split", help="train or test."),
-    n: int = typer.Option(1000, "--n", help="Problems."),
-    seed: int = typer.Option(0, "--seed"),
-) -> None:
-    """Write toy problems as GSM8K-style JSONL (usable as a --source)."""
-    from prefdata.toy.task import write_split
-
-    if split not in ("train", "test"):
-        raise PrefdataError(f"unknown split {split!r}", "use --split train or --split test")
-    typer.echo(str(write_split(out, split, n, seed=seed)))
+# Registered after the commands above so that `prefdata --help` lists the making and training
+# commands first, then import/inspect/export/maintain, then toy.
+from prefdata import cli_data  # noqa: E402,F401
 
 
 def main() -> None:

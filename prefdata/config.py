@@ -50,7 +50,8 @@ class JudgeConfig:
     """Which judge scores candidates. `verifier` needs reference answers; `llm` uses the
     study's 1-5 rubric served by `model` through `backend`; `reward_model` a sequence classifier."""
 
-    kind: str = field(default="verifier", metadata=one_of("verifier", "llm", "reward_model"))
+    # "imported:<column>" (ratings imported with `prefdata import`) becomes kind "imported", model <column>
+    kind: str = field(default="verifier", metadata=one_of("verifier", "llm", "reward_model", "imported"))
     model: str | None = None
     backend: str = field(default="auto", metadata=one_of("auto", "vllm", "transformers", "openai"))
     endpoint_url: str | None = None
@@ -66,7 +67,13 @@ class JudgeConfig:
     max_model_len: int | None = field(default=None, metadata=at_least(1))
 
     def __post_init__(self):
+        if isinstance(self.kind, str) and self.kind.startswith("imported:"):
+            object.__setattr__(self, "model", self.kind.partition(":")[2])
+            object.__setattr__(self, "kind", "imported")
         check_instance(self)
+        if self.kind == "imported" and not self.model:
+            raise PrefdataError("--judge imported names no rating column",
+                                "use --judge imported:<column>, e.g. --judge imported:overall_score")
         if self.kind != "verifier" and not self.model:
             raise PrefdataError(f"judge kind {self.kind!r} needs a model",
                                 "pass --judge-model PATH or set [judge] model = \"PATH\"")
@@ -187,6 +194,15 @@ def origin_of(labels: dict[str, str], default: str):
     return origin
 
 
+def _imported_judge(judge: dict) -> dict:
+    """`kind = "imported:<column>"` (ratings imported with `prefdata import`) as kind "imported"
+    with the column as its model, the form the typed field checks."""
+    kind = judge.get("kind")
+    if isinstance(kind, str) and kind.startswith("imported:"):
+        judge.update(kind="imported", model=kind.partition(":")[2])
+    return judge
+
+
 def _make(cls, section: str, values: dict, where=None, **extra):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -272,20 +288,23 @@ def build_config(raw: dict, origin=None) -> BuildConfig:
         heldout=top.get("heldout", 64),
         source=_make(SourceSpec, "source", source, origin),
         policy=generation("policy"), other=generation("other"),
-        judge=_make(JudgeConfig, "judge", dict(raw.get("judge", {})), origin),
+        judge=_make(JudgeConfig, "judge", _imported_judge(dict(raw.get("judge", {}))), origin),
         select=select,
     )
 
 
 def _check_select(select: dict, origin=None) -> dict:
     """Fail before any model work on [select] keys or values that selection would reject later."""
+    from prefdata.hygiene.stage import check_eval_sets
     from prefdata.select import SelectConfig
 
     names = {f.name for f in dataclasses.fields(SelectConfig)}
     unknown = sorted(set(select) - names)
     if unknown:
         raise PrefdataError(f"unknown key(s) {unknown} in [select]", f"allowed keys: {', '.join(sorted(names))}")
-    return check_values(SelectConfig, select, "select", origin)
+    values = check_values(SelectConfig, select, "select", origin)
+    check_eval_sets(values.get("decontaminate", ()))
+    return values
 
 
 def _mix_name(mix: dict[int, float]) -> str:

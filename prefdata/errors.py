@@ -15,6 +15,7 @@ Exit codes (documented in README.md):
 
 from __future__ import annotations
 
+EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_DIVERGED = 4
@@ -38,3 +39,10 @@ class WorkspaceLocked(PrefdataError):
 
 class TrainingDiverged(PrefdataError):
     exit_code = EXIT_DIVERGED
+
+
+class BackendFailed(PrefdataError):
+    """A model backend (vLLM, transformers, an endpoint) failed in a way the input did not cause:
+    one line, exit 1, the traceback kept for PREFDATA_DEBUG=1."""
+
+    exit_code = EXIT_BUG

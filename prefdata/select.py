@@ -30,7 +30,10 @@ by prompt, in numpy. The rules:
   judgment (``judge_failed``: parse_error or timeout), or, for judges that read the text
   (llm, reward model; ``screen_injection``), a response that addresses the judge
   (``suspect_injection``, `prefdata.injection`): pairing the rest would let that
-  candidate escape the rejected side.
+  candidate escape the rejected side;
+- with ``decontaminate_chosen``, a pair whose chosen response shares an n-gram
+  with an evaluation item is dropped as ``contaminated`` (`prefdata.hygiene`;
+  the build drops contaminated and near-duplicate prompts before generation).
 
 Drop counts: candidate reasons count candidates, pair reasons count prompts.
 """
@@ -46,7 +49,7 @@ import pyarrow as pa
 
 from prefdata import filters as F
 from prefdata.errors import PrefdataError
-from prefdata.fields import at_least, check_instance, one_of
+from prefdata.fields import at_least, between, check_instance, one_of
 from prefdata.injection import suspect_injection
 
 KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
@@ -76,6 +79,15 @@ class SelectConfig:
     dataset: str | None = None  # default "scenario<N>"
     # "auto": on for judges that read the response as text (llm, reward model), off for the verifier
     screen_injection: str = field(default="auto", metadata=one_of("auto", "on", "off"))
+    # data hygiene (prefdata.hygiene): evaluation sets in [source] syntax (a string: its test split);
+    # prompts sharing a decontaminate_n-word run with one, or with a held-out prompt, are dropped
+    # before generation (reason contaminated), as are pairs whose chosen response does, if
+    # decontaminate_chosen; near-duplicate prompts (MinHash Jaccard >= threshold) are collapsed to one
+    decontaminate: tuple[str | dict, ...] = ()
+    decontaminate_n: int = field(default=13, metadata=at_least(1))
+    decontaminate_chosen: bool = False
+    near_duplicates: bool = True
+    near_duplicate_threshold: float = field(default=0.8, metadata=between(0, 1, lo_open=True))
 
     def __post_init__(self):
         check_instance(self)
@@ -166,7 +178,7 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
     return rules
 
 
-def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
+def pair_rules(scenario: int, cfg: SelectConfig, eval_index=None) -> list[F.Rule]:
     (c_origin, _), (r_origin, _) = ROLES[scenario]
     # First: a prompt whose candidates could not all be judged, or one of which talks to the
     # judge, has no trustworthy best or worst; pairing the rest would let the failed one
@@ -181,6 +193,10 @@ def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
     if cfg.min_margin > 0:
         rules.append(("below_margin", F.is_below_margin(cfg.min_margin)))
     rules.append(("same_text", F.is_same_text(hashes=("chosen__nhash", "rejected__nhash"))))
+    if cfg.decontaminate_chosen and eval_index is not None:  # last: only surviving pairs are tokenised
+        from prefdata.hygiene.stage import chosen_rule
+
+        rules.append(("contaminated", chosen_rule(eval_index)))
     return rules
 
 
@@ -279,9 +295,12 @@ def _untrusted_prompts(df: pl.DataFrame, origins: tuple[str, ...], first_rows: n
     return out
 
 
-def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
-                 cfg: SelectConfig = SelectConfig()) -> tuple[pl.DataFrame, dict[str, int]]:
+def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConfig = SelectConfig(),
+                 eval_index=None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Pairs (pairs-schema columns, sorted by prompt_id) and drop counts per reason.
+
+    ``eval_index`` (a `prefdata.hygiene.decontaminate.NgramIndex`) is what
+    ``cfg.decontaminate_chosen`` checks chosen responses against.
 
     >>> cands = pl.DataFrame({"prompt_id": ["p"] * 3, "prompt": ["1+1?"] * 3, "judge_name": ["verifier"] * 3,
     ...     "candidate_id": ["a", "b", "c"], "origin": ["policy"] * 3, "score": [1.0, 0.0, 1.0],
@@ -344,7 +363,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         (pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"),
         *[df[col].gather(frame[f"{side}_row"]).alias(f"{side}_{col}")
           for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text", "_nhash")])
-    frame = F.mark(frame, pair_rules(scenario, cfg))
+    frame = F.mark(frame, pair_rules(scenario, cfg, eval_index))
     counts.update(F.drop_counts(frame))
 
     dataset = cfg.dataset or f"scenario{scenario}"

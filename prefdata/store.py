@@ -38,7 +38,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefdata import __version__
+from prefdata import __version__, pause
 from prefdata.errors import PrefdataError, WorkspaceLocked
 from prefdata.paths import check_writable_file
 from prefdata.schemas import SCHEMA_VERSION, TABLES, conform, empty, schema
@@ -75,11 +75,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        pause.point(f"write:{path.name}")  # crash tests stop here: the temp file complete, not yet renamed
         os.replace(tmp, path)
     except BaseException:
         _discard(tmp)  # a full disk must not leave half a file behind
         raise
     fsync_dir(path.parent)
+    pause.point(f"wrote:{path.name}")
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
@@ -89,11 +91,13 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        pause.point(f"write:{path.parent.name}")  # a part's name is its table folder's
         os.replace(tmp, path)
     except BaseException:
         _discard(tmp)
         raise
     fsync_dir(path.parent)
+    pause.point(f"wrote:{path.parent.name}")
 
 
 def _discard(tmp: Path) -> None:
@@ -151,10 +155,10 @@ def _check_entry(path: Path, directory: bool) -> None:
 
 def _may_precede_manifest(name: str, has_tables: bool) -> bool:
     """What a build killed before its first manifest write can leave: table folders, the lock,
-    and the manifest writer's temp file (removed when the writer lock is next taken). A workspace
+    the model-library log folder (`prefdata.logs`), and the manifest writer's temp file (removed when the writer lock is next taken). A workspace
     whose damaged manifest was moved aside also holds its card and training runs."""
     temp = _TEMP_NAME.fullmatch(name)
-    return (name in TABLES or name == LOCK or (temp is not None and temp["name"] == MANIFEST)
+    return (name in TABLES or name in (LOCK, "logs") or (temp is not None and temp["name"] == MANIFEST)
             or (has_tables and name in ("README.md", "runs")))
 
 

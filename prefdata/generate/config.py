@@ -16,6 +16,7 @@ from prefdata.fields import at_least, between, check_instance, one_of
 
 ORIGINS = ("policy", "other")
 BACKENDS = ("auto", "vllm", "transformers", "openai")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class GenerationConfig:
     backend: "vllm", "transformers", "openai", or "auto" (vLLM if importable).
     shard_size: prompts per part file; a killed run loses at most one shard.
     batch_size: transformers only: sequences (prompts x n) per `generate` call.
+    dtype: the weights' dtype while generating, on every backend: "auto" is the
+        checkpoint's own (config.json; the toy models are float32), or float32,
+        bfloat16, float16. (vLLM's own "auto" would run float32 weights in bfloat16.)
     """
 
     model: str
@@ -80,6 +84,7 @@ class GenerationConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     max_model_len: int | None = field(default=None, metadata=at_least(1))
+    dtype: str = field(default="auto", metadata=one_of(*DTYPES))
     batch_size: int = field(default=64, metadata=at_least(1))
     quiet: bool = False
 

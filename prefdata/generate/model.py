@@ -171,3 +171,45 @@ def render(tokenizer, messages: list[dict]) -> str:
     except Exception as err:  # jinja errors (e.g. "roles must alternate") are the user's data
         raise PrefdataError(f"the chat template could not render a prompt: {err}",
                             "check the prompt's messages (roles, order) against the model's template") from None
+
+
+# config.json keys that hold a model's context length, in the order architectures use them
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def _config(path: str | Path) -> dict:
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def context_length(path: str | Path, override: int | None = None) -> int | None:
+    """Tokens the model can attend over (prompt + completion): `override` (a backend's
+    max_model_len) when given, else config.json's position limit; None when unknown."""
+    if override:
+        return int(override)
+    config = _config(path)
+    for scope in (config, config.get("text_config") or {}):
+        for key in _CONTEXT_KEYS:
+            if isinstance(scope.get(key), int) and scope[key] > 0:
+                return scope[key]
+    return None
+
+
+def checkpoint_dtype(path: str | Path) -> str:
+    """The dtype the weights are stored in (config.json `dtype` / `torch_dtype`), float32 if unset.
+
+    Both backends run a model in this dtype unless the pipeline names another, so vLLM and
+    transformers sample from the same numbers (vLLM's own "auto" turns float32 into bfloat16).
+    """
+    config = _config(path)
+    value = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return {"float": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16",
+            "fp32": "float32"}.get(str(value), str(value))
+
+
+def resolve_dtype(path: str | Path, dtype: str) -> str:
+    """A pipeline's `dtype`: "auto" means the checkpoint's own dtype."""
+    return checkpoint_dtype(path) if dtype == "auto" else dtype

@@ -12,6 +12,12 @@ another model) stay beside the new ones: another dataset's pairs may refer to
 them. Only `prefdata gc` removes rows, and only those no dataset refers to. The backend is provenance, not part of the
 key: vLLM and transformers draw from the same distribution.
 
+A prompt that leaves no room in the model's context (config.json's position
+limit, or `max_model_len`) is not sent to any backend: it is counted as
+`prompt_too_long` (`GenerationStats.too_long` holds its ids) and gets no
+candidates. Every other sample stops where the context ends (finish_reason
+"length"), on every backend.
+
 Work is done in shards of `shard_size` prompts; each shard is written as one
 atomic part named by its work keys, so a killed run loses at most the shard in
 flight, and since a part holds all n samples of its prompts, a resumed run
@@ -33,10 +39,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request
+from prefdata.generate.base import Backend, Request, run_backend
 from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig
-from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
+from prefdata.generate.model import (context_length, load_tokenizer, model_hash, render, template_hash,
+                                     validate_model_dir)
 from prefdata.schemas import conform
 from prefdata.store import Workspace
 
@@ -77,6 +84,7 @@ class GenerationStats:
     backend: str
     model_hash: str
     work_keys: frozenset
+    too_long: frozenset = frozenset()  # prompt ids dropped as prompt_too_long (no room to generate)
 
 
 def _messages(prompts: pa.Table) -> list[list[dict]]:
@@ -124,13 +132,17 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     seeds = [prompt_seed(cfg.sampling.seed, pid) for pid in prompt_ids]
     keys = [work_key(mhash, cfg.origin, pid, text, params, seed)
             for pid, text, seed in zip(prompt_ids, rendered, seeds)]
-    wanted = set(keys)
+    context = context_length(cfg.model, cfg.max_model_len)
+    lengths = [len(t) for t in tokenizer(rendered, add_special_tokens=False)["input_ids"]] if rendered else []
+    # a prompt must leave room for at least one new token
+    too_long = {i for i, n in enumerate(lengths) if context is not None and n >= context}
+    wanted = {key for i, key in enumerate(keys) if i not in too_long}
 
     with ws.writer():
         done = _done_keys(ws, cfg.origin)
         todo, seen = [], set(done)
         for i, key in enumerate(keys):  # input order; a repeated prompt is generated once
-            if key not in seen:
+            if key not in seen and i not in too_long:
                 seen.add(key)
                 todo.append(i)
         owned = backend is None and bool(todo)
@@ -144,9 +156,10 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
             for first in range(0, len(todo), cfg.shard_size):
                 shard = todo[first:first + cfg.shard_size]
                 ids = tokenizer([rendered[i] for i in shard], add_special_tokens=False)["input_ids"]
-                requests = [Request(rendered[i], tuple(t), seeds[i]) for i, t in zip(shard, ids)]
+                requests = [Request(rendered[i], tuple(t), seeds[i], None if context is None else context - len(t))
+                            for i, t in zip(shard, ids)]
                 model_start = time.perf_counter()
-                outputs = backend.generate(requests, cfg.sampling)
+                outputs = run_backend(backend, requests, cfg.sampling, cfg.display_name)
                 model_seconds += time.perf_counter() - model_start
                 table = _shard_table(shard, outputs, prompt_ids, rendered, seeds, keys, cfg, mhash, thash,
                                      backend.name, tokenizer)
@@ -167,8 +180,9 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     return GenerationStats(
         prompts=len(wanted), prompts_cached=len(wanted & done), prompts_generated=len(todo),
         candidates_written=written, parts_written=parts, model_calls=calls,
-        tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds, backend=backend_name, model_hash=mhash,
-        work_keys=frozenset(wanted))
+        tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds,
+        backend=backend_name, model_hash=mhash, work_keys=frozenset(wanted),
+        too_long=frozenset(prompt_ids[i] for i in too_long))
 
 
 def _progress(total: int, cfg: GenerationConfig):

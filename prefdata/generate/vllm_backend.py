@@ -16,7 +16,7 @@ import os
 from prefdata.errors import PrefdataError
 from prefdata.generate.base import Backend, Completion, Request
 from prefdata.generate.config import SamplingConfig
-from prefdata.generate.model import validate_model_dir
+from prefdata.generate.model import checkpoint_dtype, validate_model_dir
 from prefdata.procs import ProcessDied, descendants, stop_processes, watch_processes
 
 
@@ -32,7 +32,7 @@ class VLLMBackend(Backend):
     def __init__(self, model_path: str, model_hash: str, *, trust_remote_code: bool = False,
                  allow_pickle: bool = False, max_model_len: int | None = None,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
-                 dtype: str = "auto", **engine_kwargs):
+                 dtype: str | None = None, **engine_kwargs):
         super().__init__(model_path, model_hash)
         validate_model_dir(model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         gpu = _on_gpu()
@@ -52,7 +52,8 @@ class VLLMBackend(Backend):
             # "safetensors" refuses pickle checkpoints, which can run code on load.
             load_format="auto" if allow_pickle else "safetensors",
             enable_prefix_caching=True,
-            dtype=dtype,
+            # the checkpoint's dtype unless told: vLLM's "auto" would run float32 weights in bfloat16
+            dtype=dtype or checkpoint_dtype(model_path),
             max_model_len=max_model_len,
             # On CPU the fraction is of host memory and CUDA graphs do not exist.
             gpu_memory_utilization=gpu_memory_utilization or (0.9 if gpu else 0.3),
@@ -76,12 +77,12 @@ class VLLMBackend(Backend):
         # The engine core and its workers: watched while we wait on them, ended on close.
         self._engine_procs = [proc for proc in descendants() if proc.pid not in before]
 
-    def sampling_params(self, sampling: SamplingConfig, seed: int):
+    def sampling_params(self, sampling: SamplingConfig, seed: int, max_tokens: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
             n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None, seed=seed,
+            max_tokens=max_tokens or sampling.max_tokens, stop=list(sampling.stop) or None, seed=seed,
             # logprobs=0: the sampled token's log-prob only, which fills cumulative_logprob.
             logprobs=0,
         )
@@ -98,7 +99,7 @@ class VLLMBackend(Backend):
                                 f"of {context} tokens of {self.model_path} ({longest.prompt[:60]!r}...)",
                                 "drop or shorten long prompts, or use a model with a longer context")
         prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
-        params = [self.sampling_params(sampling, r.seed) for r in requests]
+        params = [self.sampling_params(sampling, r.seed, r.max_new_tokens(sampling.max_tokens)) for r in requests]
         try:
             with watch_processes(self._engine_procs, "the vLLM engine"):
                 outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,12 +16,14 @@ from prefdata.sources.readers import read_source
 from prefdata.sources.spec import SourceSpec, SourceStats
 
 
-def load_prompts(spec: SourceSpec) -> tuple[pa.Table, SourceStats]:
+def load_prompts(spec: SourceSpec, prefilter: Callable | None = None) -> tuple[pa.Table, SourceStats]:
     """Load one split of a prompt source as a table conformed to the prompts schema.
 
     Order of work: read -> map columns -> reject empty prompts -> prompt_id
     (see `prefdata.sources.ids`) -> drop duplicate ids, keeping the first ->
-    seeded `sample` -> `offset` -> `limit`. `source_index` is the 0-based row in the source
+    ``prefilter`` (a function of the Polars frame returning the rows to keep: the
+    build's `prefdata.hygiene.stage.PromptHygiene`, so ``--limit 100`` gives 100 clean
+    prompts) -> seeded `sample` -> `offset` -> `limit`. `source_index` is the 0-based row in the source
     before any of that, so a row can always be traced back.
 
     >>> table, stats = load_prompts(SourceSpec("/work/shared/data/gsm8k", split="test", limit=2))  # doctest: +SKIP
@@ -56,6 +59,8 @@ def load_prompts(spec: SourceSpec) -> tuple[pa.Table, SourceStats]:
     rows_read = frame.height + too_large
     frame = frame.filter(pl.col("prompt_id").is_first_distinct())
     duplicates = rows_read - frame.height
+    if prefilter is not None:
+        frame = prefilter(frame)
 
     if spec.sample is not None and spec.sample < frame.height:
         import numpy as np

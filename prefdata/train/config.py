@@ -57,6 +57,10 @@ class TrainConfig:
                     fixed subset of pairs whose log-probs are tracked; pairs in the gradient probe
     heldout_responses, heldout_prompts
                     unpaired responses for the dispersion measure; held-out prompts for accuracy
+    shared_prefix   compute each pair's prompt once: prompt | chosen | rejected as one packed segment,
+                    rejected hidden from chosen by the attention mask (prefdata.train.packing); used
+                    where the model's attention takes such a mask (sdpa, eager, flex), else ignored.
+                    Same log-probs and gradients as the unshared layout up to float rounding
     output_dir      default WORKSPACE/runs/<dataset>-<loss>
     """
 
@@ -87,6 +91,7 @@ class TrainConfig:
     max_new_tokens: int = 128
     eval_batch_tokens: int = 4096
     chunk_positions: int = 1024
+    shared_prefix: bool = True
     device: str | None = None
     output_dir: str | None = None
     resume: bool = True
