@@ -178,8 +178,9 @@ def output_path(ws: Workspace, output: str | Path) -> Path:
     if target.is_dir():
         raise PrefdataError(f"output path {output} is a directory", "give a file path to --output")
     if target.exists() and not target.is_file():
-        raise PrefdataError(f"output path {output} exists and is not a regular file",
-                            "give --output a new or regular file path")
+        from prefdata.paths import check_writable_file
+
+        check_writable_file(Path(output), "--output")  # names what it is: a FIFO, a device, a socket
     if not target.parent.is_dir():
         raise PrefdataError(f"directory {Path(output).parent} does not exist (or is not a directory)",
                             "create it or choose another --output")
