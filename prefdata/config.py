@@ -189,6 +189,7 @@ def build_config(raw: dict) -> BuildConfig:
                             "use letters, digits and . _ - = (starting with a letter or digit), e.g. name = \"gsm-s2\"")
     select = dict(raw.get("select", {}))
     _check_select(select)
+    _check_pairing(select, scenarios)
     return BuildConfig(
         name=str(name), scenarios=scenarios, mix=mix, seed=seed, quiet=quiet,
         heldout=int(raw.get("heldout", 64)),
@@ -208,6 +209,16 @@ def _check_select(select: dict) -> None:
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
         raise PrefdataError(f"select.min_margin={margin!r} is not a finite number >= 0",
                             "use e.g. --min-margin 0.5 (0 keeps every pair whose chosen score is higher)")
+
+
+def _check_pairing(select: dict, scenarios: tuple[int, ...]) -> None:
+    """A pairing strategy the scenarios cannot use fails here, before any model work."""
+    from prefdata import pairing
+    from prefdata.select import ROLES
+
+    for scenario in scenarios:
+        pairing.check(select.get("pairing", "best_vs_worst"), scenario,
+                      ROLES[scenario][1][1] or select.get("other_pick", "worst"), select.get("max_pairs_per_prompt", 4))
 
 
 def _mix_name(mix: dict[int, float]) -> str:
