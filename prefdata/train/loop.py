@@ -212,13 +212,24 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         (run_dir / "config.json").write_text(cfg.to_json())
 
     evalset = report.build_evalset(ws, cfg, tokenizer, pairs, keep, data)
+
+    def probe(whole) -> dict:
+        """Parameter-gradient norms per side, and the loss's gradient w.r.t. each side's sequence
+        probability, on the probe pairs."""
+        idx = evalset.probe_idx
+        with torch.no_grad():
+            pc, pr = policy_logps(idx, whole)
+        t = torch.tensor(idx, device=device)
+        return {**_probe(whole, loss_of, evalset, report),
+                **report.probability_gradients(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t],
+                                               n_chosen[t], n_rejected[t])}
     if step == 0:
         say(f"measuring the base model on {len(evalset.eval_idx)} eval pairs")
         with dist.whole_model(runner, model) as whole:  # measured on every rank, on the whole model
             history["before"] = report.measure(whole, tokenizer, evalset, cfg, bf16)
             history["before"]["accuracy"] = report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)
             history["eval"].append({"step": 0, **history["before"]})
-            history["grads"].append({"step": 0, **_probe(whole, loss_of, evalset, report)})
+            history["grads"].append({"step": 0, **probe(whole)})
 
     # ---- the loop --------------------------------------------------------------------------------
     parallel = f", {ctx.world} processes ({'FSDP' if fsdp else 'DDP'})" if ctx.active else ""
@@ -271,7 +282,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
             with dist.whole_model(runner, model) as whole:
                 history["eval"].append({"step": step, **report.measure(whole, tokenizer, evalset, cfg, bf16)})
-                history["grads"].append({"step": step, **_probe(whole, loss_of, evalset, report)})
+                history["grads"].append({"step": step, **probe(whole)})
             model.train()
             say(f"step {step}/{total_steps} loss {record['loss']:.4f} "
                 f"chosen {history['eval'][-1]['chosen']:.3f} rejected {history['eval'][-1]['rejected']:.3f}")
