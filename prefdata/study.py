@@ -98,7 +98,7 @@ def build_and_score(directory: Path, cfg: StudyConfig, seed: int, log: Callable[
                               ("seed", seed), ("heldout", cfg.heldout), ("quiet", True)):
             set_path(raw, dotted, value)
         raw["select"] = {**raw.get("select", {}), **cfg.select,
-                         **({"pairing": cfg.pairing} if scenario == 1 else {})}
+                         **({"pairing": cfg.pairing} if scenario == 1 and cfg.pairing != "best_vs_worst" else {})}
         log(f"== seed {seed}: build scenario {scenario}")
         build(directory, build_config(raw), log=log)
     ws = Workspace.open(directory)
