@@ -53,6 +53,7 @@ class StudyConfig:
     epochs: int = 1
     batch_size: int = 8
     eval_every: int = 5
+    generate_batch: int = 256     # held-out prompts decoded at once (the toy model is tiny)
     seeds: tuple[int, ...] = (0,)
     scenarios: tuple[int, ...] = SCENARIOS
     pairing: str = "best_vs_worst"  # scenario 1's pairing strategy (prefdata.pairing)
@@ -112,7 +113,8 @@ def train_config(cfg: StudyConfig, scenario: int, loss: str, seed: int, **change
 
     return TrainConfig(dataset=f"scenario{scenario}", model_path=resolve_model(cfg.policy_model),
                        loss=cfg.loss_config(loss), lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       eval_every=cfg.eval_every, heldout_prompts=cfg.heldout, seed=seed, **changes)
+                       eval_every=cfg.eval_every, heldout_prompts=cfg.heldout, generate_batch=cfg.generate_batch,
+                       seed=seed, **changes)
 
 
 def run_study(directory: Path, cfg: StudyConfig = StudyConfig(), log: Callable[[str], None] = print) -> dict:
@@ -125,10 +127,12 @@ def run_study(directory: Path, cfg: StudyConfig = StudyConfig(), log: Callable[[
     runs = []
     for seed in cfg.seeds:
         ws = build_and_score(directory / f"seed-{seed}", cfg, seed, log)
+        base_accuracy: dict = {}  # the base model's held-out accuracy, decoded once per seed
         for scenario in cfg.scenarios:
             for loss in cfg.losses:
                 log(f"== seed {seed}: train scenario{scenario} with {loss}")
-                result = train(ws, train_config(cfg, scenario, loss, seed), progress=log)
+                result = train(ws, train_config(cfg, scenario, loss, seed), progress=log,
+                               base_accuracy=base_accuracy)
                 runs.append({"seed": seed, "scenario": scenario, "loss": loss, **_numbers(result)})
         combined_report(ws)
     summary = summarise(runs)
@@ -144,6 +148,7 @@ def _numbers(result: dict) -> dict:
     return {"pairs": result["pairs"], "prompts": a["prompts"],
             "chosen_before": t["chosen"]["before"], "chosen_after": t["chosen"]["after"],
             "rejected_before": t["rejected"]["before"], "rejected_after": t["rejected"]["after"],
+            "chosen_delta": t["chosen"]["delta"], "rejected_delta": t["rejected"]["delta"],
             "accuracy_before": a["before"], "accuracy_after": a["after"], "accuracy_delta": a["delta"],
             "grad_ratio_last": g["ratio"], "log10_dprob_ratio_last": g.get("log10_dprob_ratio")}
 
@@ -166,6 +171,7 @@ def mean_ci(values: list[float]) -> dict:
 
 
 _METRICS = ("pairs", "prompts", "chosen_before", "chosen_after", "rejected_before", "rejected_after",
+            "chosen_delta", "rejected_delta",
             "accuracy_before", "accuracy_after", "accuracy_delta", "grad_ratio_last", "log10_dprob_ratio_last")
 
 
@@ -218,7 +224,9 @@ def write_study(directory: Path, out: dict) -> None:
 
 
 def plot_study(summary: list[dict], path: Path) -> None:
-    """Bars per scenario and loss with 95% interval whiskers: Table 1 after training, Table 2 accuracy."""
+    """Bars per scenario and loss with 95% interval whiskers: Table 1's change in chosen and rejected
+    log-prob/token (after − before: the two scales differ a hundredfold between on- and off-policy
+    responses, their direction is the study's point) and Table 2's accuracy after, the base model dashed."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -231,8 +239,8 @@ def plot_study(summary: list[dict], path: Path) -> None:
     width = 0.8 / len(losses)
     fig = Figure(figsize=(14, 4.5), tight_layout=True)
     FigureCanvasAgg(fig)
-    panels = (("chosen_after", "Table 1: chosen log-prob/token after"),
-              ("rejected_after", "Table 1: rejected log-prob/token after"),
+    panels = (("chosen_delta", "Table 1: change in chosen log-prob/token"),
+              ("rejected_delta", "Table 1: change in rejected log-prob/token"),
               ("accuracy_after", "Table 2: held-out accuracy after"))
     for k, (metric, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
@@ -240,12 +248,16 @@ def plot_study(summary: list[dict], path: Path) -> None:
             rows = {r["scenario"]: r[metric] for r in summary if r["loss"] == loss}
             xs = [i + (j - (len(losses) - 1) / 2) * width for i in range(len(scenarios))]
             means = [rows[s]["mean"] if s in rows and rows[s]["mean"] is not None else 0.0 for s in scenarios]
+            # symmetric log scale below: the on-policy changes are small, the off-policy ones large
             errs = [rows[s]["ci95"] or 0.0 if s in rows else 0.0 for s in scenarios]
             ax.bar(xs, means, width=width, yerr=errs, capsize=3, label=loss)
         if metric == "accuracy_after":  # the base model's accuracy, the bar DPO should not go below
             before = [r["accuracy_before"]["mean"] for r in summary if r["accuracy_before"]["mean"] is not None]
             if before:
                 ax.axhline(sum(before) / len(before), color="k", linestyle="--", linewidth=1, label="before")
+        if metric != "accuracy_after":
+            ax.set_yscale("symlog", linthresh=0.01)
+            ax.axhline(0.0, color="k", linewidth=0.8)
         ax.set_xticks(range(len(scenarios)), [f"scenario {s}" for s in scenarios])
         ax.set(title=title)
         ax.legend(fontsize=8)

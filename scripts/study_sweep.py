@@ -31,13 +31,13 @@ def main(workspace: Path, seed: int = 0, scenario: int = 1) -> dict:
 
     started, load_start = time.time(), os.getloadavg()
     ws = build_and_score(workspace, StudyConfig(seeds=(seed,), scenarios=(scenario,)), seed, log=lambda _m: None)
-    rows = []
+    rows, base_accuracy = [], {}
     for lr, beta, epochs in RECIPES:
         cfg = StudyConfig(seeds=(seed,), lr=lr, beta=beta, epochs=epochs)
         name = f"lr{lr:g}-beta{beta:g}-ep{epochs}"
         t = time.time()
         r = train(ws, train_config(cfg, scenario, "dpo", seed, output_dir=str(Path(workspace) / "sweep" / name),
-                                   resume=False), progress=None)
+                                   resume=False), progress=None, base_accuracy=base_accuracy)
         rows.append({"recipe": name, "lr": lr, "beta": beta, "epochs": epochs, "pairs": r["pairs"],
                      "steps": r["steps"], "prompts": r["accuracy"]["prompts"],
                      "accuracy_before": r["accuracy"]["before"], "accuracy_after": r["accuracy"]["after"],

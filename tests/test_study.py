@@ -25,7 +25,8 @@ def test_mean_ci_is_the_student_t_interval():
 
 def test_summarise_groups_by_scenario_and_loss():
     runs = [{"seed": s, "scenario": sc, "loss": loss, **{k: float(s + sc) for k in (
-        "pairs", "prompts", "chosen_before", "chosen_after", "rejected_before", "rejected_after", "accuracy_before",
+        "pairs", "prompts", "chosen_before", "chosen_after", "rejected_before", "rejected_after", "chosen_delta",
+        "rejected_delta", "accuracy_before",
         "accuracy_after", "accuracy_delta", "grad_ratio_last", "log10_dprob_ratio_last")}}
         for s in (0, 1, 2) for sc in (2, 1) for loss in ("dpo_sft", "dpo")]
     rows = summarise(runs)

@@ -246,7 +246,7 @@ def accuracy(model, tokenizer, evalset: EvalSet, cfg, verify: Callable[[str, str
     greedy = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
     model.eval()
-    correct, batch = 0, 32
+    correct, batch = 0, cfg.generate_batch
     for start in range(0, len(evalset.prompts), batch):
         chunk = evalset.prompts[start:start + batch]
         width = max(len(ids) for ids, _ in chunk)
