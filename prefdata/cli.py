@@ -289,6 +289,7 @@ def study(
     beta: float = typer.Option(0.1, "--beta", help="DPO beta (flex_dpo: the chosen side's)."),
     beta_rejected: float = typer.Option(0.05, "--beta-rejected", help="flex_dpo's beta for the rejected side."),
     sft_weight: float = typer.Option(1.0, "--sft-weight", help="dpo_sft's weight of the SFT (chosen NLL) term."),
+    jobs: int = typer.Option(1, "--jobs", help="Seeds run at once in worker processes (results do not change)."),
 ) -> None:
     """Run the whole study on the toy world per seed: build scenarios 1-4, score, train each loss, report.
 
@@ -309,7 +310,9 @@ def study(
     cfg = StudyConfig(seeds=numbers(seeds, "seeds"), losses=numbers(losses, "losses", lambda x: x.strip()),
                       limit=limit, heldout=heldout, n=n, m=m, backend=backend, pairing=pairing, epochs=epochs,
                       lr=lr, beta=beta, beta_rejected=beta_rejected, sft_weight=sft_weight)
-    result = run_study(workspace, cfg, log=typer.echo)
+    if jobs < 1:
+        raise PrefdataError(f"--jobs {jobs}", "use --jobs 1 or more")
+    result = run_study(workspace, cfg, log=typer.echo, jobs=jobs)
     typer.echo("\n" + result["tables"])
     typer.echo(f"\n{result['seconds']:.0f} s; tables, JSON and plot in {workspace}/study.txt, .json, .png")
 

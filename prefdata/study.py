@@ -117,26 +117,49 @@ def train_config(cfg: StudyConfig, scenario: int, loss: str, seed: int, **change
                        seed=seed, **changes)
 
 
-def run_study(directory: Path, cfg: StudyConfig = StudyConfig(), log: Callable[[str], None] = print) -> dict:
-    """Every seed, scenario and loss; returns {"runs", "summary", "tables", "seconds"} and writes the files."""
+def run_seed(directory: Path, cfg: StudyConfig, seed: int, log: Callable[[str], None] = print) -> list[dict]:
+    """One seed's workspace: build, score, train every scenario and loss; the study's numbers per run."""
     from prefdata.train.loop import train
     from prefdata.train.report import combined_report
 
+    ws = build_and_score(directory / f"seed-{seed}", cfg, seed, log)
+    base_accuracy: dict = {}  # the base model's held-out accuracy, decoded once per seed
+    runs = []
+    for scenario in cfg.scenarios:
+        for loss in cfg.losses:
+            log(f"== seed {seed}: train scenario{scenario} with {loss}")
+            result = train(ws, train_config(cfg, scenario, loss, seed), progress=log, base_accuracy=base_accuracy)
+            runs.append({"seed": seed, "scenario": scenario, "loss": loss, **_numbers(result)})
+    combined_report(ws)
+    return runs
+
+
+def _say(seed: int, message: str) -> None:
+    print(f"[seed {seed}] {message}", flush=True)
+
+
+def run_study(directory: Path, cfg: StudyConfig = StudyConfig(), log: Callable[[str], None] = print,
+              jobs: int = 1) -> dict:
+    """Every seed, scenario and loss; returns {"runs", "summary", "tables", "seconds"} and writes the files.
+
+    ``jobs`` > 1 runs that many seeds at once in worker processes (seeds are independent: their
+    results do not depend on ``jobs``); their progress lines carry the seed.
+    """
     started = time.time()
     directory = Path(directory)
-    runs = []
-    for seed in cfg.seeds:
-        ws = build_and_score(directory / f"seed-{seed}", cfg, seed, log)
-        base_accuracy: dict = {}  # the base model's held-out accuracy, decoded once per seed
-        for scenario in cfg.scenarios:
-            for loss in cfg.losses:
-                log(f"== seed {seed}: train scenario{scenario} with {loss}")
-                result = train(ws, train_config(cfg, scenario, loss, seed), progress=log,
-                               base_accuracy=base_accuracy)
-                runs.append({"seed": seed, "scenario": scenario, "loss": loss, **_numbers(result)})
-        combined_report(ws)
+    if jobs > 1 and len(cfg.seeds) > 1:
+        import functools
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker, never a fork of a process holding torch threads
+        with ProcessPoolExecutor(min(jobs, len(cfg.seeds)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_seed, directory, cfg, seed, functools.partial(_say, seed)) for seed in cfg.seeds]
+            runs = [run for future in futures for run in future.result()]
+    else:
+        runs = [run for seed in cfg.seeds for run in run_seed(directory, cfg, seed, log)]
     summary = summarise(runs)
-    out = {"config": {**asdict(cfg)}, "runs": runs, "summary": summary,
+    out = {"config": {**asdict(cfg)}, "jobs": jobs, "runs": runs, "summary": summary,
            "tables": study_tables(summary, len(cfg.seeds)), "seconds": round(time.time() - started, 1)}
     write_study(directory, out)
     return out

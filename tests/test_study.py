@@ -55,7 +55,7 @@ def test_study_over_seeds_and_losses(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run([sys.executable, "-m", "prefdata.cli", "study", str(ws), "--seeds", "0,1",
                            "--losses", "dpo,flex_dpo", "--limit", "24", "--n", "4", "--m", "2", "--heldout", "8",
-                           "--backend", "transformers", "--lr", "1e-4"],
+                           "--backend", "transformers", "--lr", "1e-4", "--jobs", "2"],
                           capture_output=True, text=True, env=env, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     tables = (ws / "study.txt").read_text()

@@ -152,3 +152,24 @@ def test_report_records_probability_gradients_next_to_parameter_norms(runs):
         assert g["log10_dprob_ratio"] == pytest.approx(g["log10_dprob_rejected"] - g["log10_dprob_chosen"])
     text = (Path(ws.root) / "runs" / "scenario2-dpo" / "report.txt").read_text()
     assert "log10 |dl/dpi| rejected" in text and "|dl/dlog pi| chosen" in text
+
+
+def test_base_accuracy_is_decoded_once_for_runs_sharing_a_cache(tmp_path):
+    ws, model_dir = _world.tiny_world(tmp_path / "world")
+    graded = []
+
+    def verify(text, reference_answer):
+        graded.append(reference_answer)
+        return default_verify(text, reference_answer)
+
+    cache: dict = {}
+    first = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0, output_dir=str(tmp_path / "a")),
+                  verify=verify, base_accuracy=cache)
+    assert len(graded) == 4 and len(cache) == 1  # 2 held-out prompts, before and after
+    second = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0, loss=LossConfig("ipo", beta=0.5),
+                                          output_dir=str(tmp_path / "b")), verify=verify, base_accuracy=cache)
+    assert len(graded) == 6  # only the trained model was decoded again
+    assert second["accuracy"]["before"] == first["accuracy"]["before"] and len(cache) == 1
+    uncached = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0,
+                                            output_dir=str(tmp_path / "c")), verify=verify)
+    assert len(graded) == 10 and uncached["accuracy"]["before"] == first["accuracy"]["before"]
