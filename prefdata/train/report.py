@@ -338,8 +338,9 @@ def format_probability_gradients(first: dict, last: dict) -> list[str]:
             ("log10 |dl/dpi| chosen", "log10_dprob_chosen", ".1f"),
             ("log10 |dl/dpi| rejected", "log10_dprob_rejected", ".1f"),
             ("log10 ratio rej/chosen", "log10_dprob_ratio", ".1f")]
-    return [f"{'  ' + label:28s}{_fmt(first.get(key), spec):>10s}{_fmt(last.get(key), spec):>10s}"
-            for label, key, spec in rows]
+    return [f"{'loss grad wrt sequence prob':28s}{'first':>10s}{'last':>10s}"] + [
+        f"{'  ' + label:28s}{_fmt(first.get(key), spec):>10s}{_fmt(last.get(key), spec):>10s}"
+        for label, key, spec in rows]
 
 
 def _plot(result: dict, path: Path) -> None:
