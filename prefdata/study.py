@@ -1,7 +1,8 @@
 """`prefdata study`: the whole study, over several seeds — build scenarios 1-4, score, train, report.
 
-Per seed it builds its own workspace ``DIR/seed-<s>`` (the seed drives policy and other-model
-sampling, pair selection draws, the training data order and the eval subsets), scores the pairs,
+Per seed it builds its own workspace ``DIR/seed-<s>`` (the seed drives the toy world's problems,
+policy and other-model sampling, pair selection draws, the training data order and the eval
+subsets), scores the pairs,
 and trains every requested loss on every scenario from the same policy. Then it prints the
 analogues of the study's two tables, each cell the mean over seeds ± the half-width of a 95%
 Student-t confidence interval (mean ± t(0.975, n−1)·s/√n; "n/a" with one seed):
