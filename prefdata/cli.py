@@ -284,7 +284,8 @@ def study(
     backend: str = typer.Option("auto", "--backend", help="Generation backend: auto, vllm, transformers."),
     pairing: str = typer.Option("best_vs_worst", "--pairing", help="Scenario 1's pairing: best_vs_worst, "
                                 "mean_minus_2std, random_correct_incorrect or all_pairs."),
-    epochs: int = typer.Option(1, "--epochs", help="Training epochs per run (default from the sweep in docs/study.md)."),
+    epochs: int = typer.Option(1, "--epochs",
+                               help="Training epochs per run (default from the sweep in docs/study.md)."),
     lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate (default from the sweep in docs/study.md)."),
     beta: float = typer.Option(0.1, "--beta", help="DPO beta (flex_dpo: the chosen side's)."),
     beta_rejected: float = typer.Option(0.05, "--beta-rejected", help="flex_dpo's beta for the rejected side."),

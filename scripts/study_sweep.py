@@ -62,7 +62,8 @@ def _markdown(out: dict) -> str:
     lines = [f"Recipe sweep: scenario {out['scenario']}, {out['loss']}, seed {out['seed']}, "
              f"{out['recipes'][0]['pairs']} pairs, {out['recipes'][0]['prompts']} held-out prompts "
              f"({out['seconds']:.0f} s; {out['machine']['cpus']} CPUs, load average "
-             f"{out['machine']['loadavg_start'][0]:.1f} at the start, {out['machine']['loadavg_end'][0]:.1f} at the end)",
+             f"{out['machine']['loadavg_start'][0]:.1f} at the start, "
+             f"{out['machine']['loadavg_end'][0]:.1f} at the end)",
              "", "| lr | beta | epochs | steps | accuracy before | after | change | chosen logp/token change "
              "| rejected change | margin change | reward accuracy (last step) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
