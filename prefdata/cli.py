@@ -273,8 +273,8 @@ def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -
 @app.command()
 def study(
     workspace: Path = typer.Argument(Path("prefdata-study"), help="Study directory; one workspace per seed inside."),
-    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2: each changes sampling, "
-                              "pair selection draws, pair order and training; tables show mean ± 95% CI."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2: each draws the toy problems, "
+                              "sampling, selection draws, pair order and training; tables show mean ± 95% CI."),
     losses: str = typer.Option("dpo", "--losses", help="Comma-separated losses trained side by side on every "
                                "scenario: dpo, flex_dpo (separate beta for the rejected side), dpo_sft."),
     limit: int = typer.Option(256, "--limit", help="Training prompts per scenario."),
