@@ -126,3 +126,15 @@ def test_default_path_unchanged_on_the_shared_data():
         b = select_pairs(DATA, scenario, SelectConfig(pairing="best_vs_worst"))[0]
         assert a.equals(b)
     assert isinstance(GRADED, pl.DataFrame)
+
+
+def test_build_refuses_a_pairing_its_scenario_cannot_use(tmp_path):
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    done = subprocess.run([sys.executable, "-m", "prefdata.cli", "build", str(ws), "--scenario", "2",
+                           "--set", "select.pairing=all_pairs"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "needs scenario 1" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not ws.exists()  # refused before anything was written
