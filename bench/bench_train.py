@@ -1,43 +1,51 @@
 """Benchmark: prefdata's DPO trainer vs TRL's `DPOTrainer` vs a bare forward+backward loop.
 
-Three (four) sides, same model, same scored pairs, same pairs per optimizer step,
-same max length, same precision, same torch thread count, run side by side in
-alternating order (a different side first in each repetition), each repetition
-of each side in a fresh subprocess so that its peak memory is its own:
+Sides, same model, same scored pairs, same pairs per optimizer step, same max length,
+same precision, same torch thread count, run side by side in alternating order (a
+different side first in each repetition), each repetition of each side in a fresh
+subprocess so that its peak memory is its own:
 
 * ``ours``   `prefdata.train.loop.train` on a workspace with scored pairs (the public
-             function, unmodified; its step times come from its own `on_step` callback);
-* ``trl``    TRL's `DPOTrainer.train()` on the same pairs exported with
-             `prefdata.export.export_pairs` (prompt/chosen/rejected, conversational form,
-             so TRL renders the same chat template), `precompute_ref_log_probs=True` so
-             it, like ours, holds one model and reads fixed reference log-probs;
-* ``bare_padded`` / ``bare_packed``
-             the practical ceiling: for the same pairs (ours' batches, in ours' order),
-             the 2 x pairs sequences prompt+chosen and prompt+rejected as one right-padded
-             batch with an attention mask (padded) or packed into rows of `max_length`
-             tokens with restarting position ids (packed, the layout ours uses), plain
-             next-token cross-entropy from `model(...).logits`, backward, AdamW step.
+             function, unmodified, its defaults: shared-prefix packing, each prompt computed
+             once per pair; its step times come from its own `on_step` callback);
+* ``ours_unshared``  the same with `shared_prefix=False` (prompt computed once per response);
+* ``trl``    TRL's `DPOTrainer.train()` on the same pairs in TRL's conversational form (what
+             `prefdata export --format trl --conversational` writes, built in memory), so TRL
+             renders the same chat template; `precompute_ref_log_probs=True` so it, like ours, holds one model and
+             reads fixed reference log-probs;
+* ``bare``   the ceiling for the unshared tokens: for the same pairs (ours' batches, in ours'
+             order) the 2 x pairs sequences prompt+chosen and prompt+rejected packed into rows
+             as wide as the longest sequence, with restarting position ids; the model body,
+             the output head on the completion positions only, cross-entropy, backward, and
+             the optimizer prefdata uses (fused AdamW).
+
+Two workloads (`--workload`): ``toy`` (the toy task's short questions, prompts shorter than
+the responses) and ``long-prompt`` (a chat prompt of worked examples, about 3x the length of
+the responses, as in chat data).
 
 Measured per run: wall time of a fixed number of optimizer steps after one warm-up
 step (timestamps taken after each optimizer step; model load, dataset preparation,
 TRL's reference precompute and prefdata's start/end measurements fall outside the
 window), pairs/s, non-padding tokens/s (prompt + completion tokens of chosen and of
-rejected, padding excluded, counted from each side's actual batches), peak memory
-(CPU: peak RSS of the worker process minus its RSS after imports, both for the whole
-train call and -- sampled every 10 ms -- before, inside and after the timed window; GPU:
-`torch.cuda.max_memory_allocated`), and the end-to-end time of the whole call.
+rejected, i.e. the unshared token count, the same for every side; the tokens each side
+actually computes are recorded too), peak memory (CPU: peak RSS of the worker process
+minus its RSS after imports, both for the whole train call and -- sampled every 10 ms --
+before, inside and after the timed window; GPU: `torch.cuda.max_memory_allocated`), and
+the end-to-end time of the whole call. Every headline figure is the median over all runs,
+with the spread (min-max) beside it.
 
-    python bench/bench_train.py                      # CPU, no activation checkpointing (prefdata's default)
-    python bench/bench_train.py --gradient-checkpointing on --tag _gc   # checkpointing on (TRL's default), all sides
-    python bench/bench_train.py --steps 2 --reps 1   # smoke run
+    python bench/bench_train.py --workload long-prompt   # writes train_cpu_long_prompt.{json,md}
+    python bench/bench_train.py                          # toy workload: train_cpu.{json,md}
+    python bench/bench_train.py --steps 2 --reps 1 --out /tmp/smoke   # smoke run
     python bench/bench_train.py --device cuda --model-shape qwen2-0.5b   # on a GPU machine
 
-Writes bench/results/train_<device><tag>.json and .md (`--out` to change).
+Writes bench/results/train_<device>[_long_prompt]<tag>.json and .md (`--out` to change).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -50,11 +58,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("ours", "trl", "bare_padded", "bare_packed")
+SIDES = ("ours", "ours_unshared", "trl", "bare")
 # Not run by default: TRL with its own DPOConfig defaults for precision and checkpointing (bf16 autocast
 # even on CPU, gradient checkpointing on) -- what a TRL user gets without setting them.
 EXTRA_SIDES = ("trl_defaults",)
 DATASET = "bench"
+# prompt length relative to the responses: the toy task's own short questions, or chat-style prompts
+WORKLOADS = {"toy": None, "long-prompt": 3.0}
 BETA, LR = 0.1, 1e-5
 
 # Model shapes. `bench-small` is a CPU-sized Llama (bigger than the toy so the matmuls, not Python,
@@ -74,7 +84,7 @@ SHAPES = {
 
 
 # ------------------------------------------------------------------------------------------------
-# setup: model directory, workspace with scored pairs, TRL export
+# setup: model directory, workspace with scored pairs
 # ------------------------------------------------------------------------------------------------
 def build_model_dir(shape: str, out: Path) -> Path:
     import torch
@@ -96,11 +106,31 @@ def build_model_dir(shape: str, out: Path) -> Path:
     return out
 
 
-def build_workspace(root: Path, model_dir: Path, n_pairs: int, device: str) -> tuple:
-    """A workspace whose `bench` dataset holds `n_pairs` toy-task pairs scored by `model_dir`."""
+def few_shot_messages(problems, prompt_ratio: float) -> list[list[dict]]:
+    """Chat prompts about `prompt_ratio` times as long as the pair's responses (the long-prompt
+    workload): a system turn of worked examples (other problems' reference solutions) before
+    the question, as chat data carries instructions and context. The toy tokenizer is one
+    token per character, so lengths are counted in characters."""
+    out = []
+    for i, p in enumerate(problems):
+        wrong = p.policy_solution.replace(f"is {p.answer}.", f"is {p.answer + 1}.")
+        target = prompt_ratio * (len(p.reference_solution) + len(wrong) + 2) / 2
+        shots, k = [], 1
+        while len(p.question) + sum(map(len, shots)) + 16 < target:
+            q = problems[(i + k) % len(problems)]
+            shots.append(f"Q: {q.question}\nA: {q.reference_solution}\n")
+            k += 1
+        text = "Solve the problem step by step, as in these examples.\n" + "".join(shots)
+        out.append([{"role": "system", "content": text[:max(0, int(target) - len(p.question) - 8)]},
+                    {"role": "user", "content": p.question}])
+    return out
+
+
+def build_workspace(root: Path, model_dir: Path, n_pairs: int, device: str, workload: str = "toy") -> tuple:
+    """A workspace whose `bench` dataset holds `n_pairs` toy-task pairs scored by `model_dir`;
+    `workload="long-prompt"` gives every pair a chat prompt ~3x its responses' length."""
     import pyarrow as pa
 
-    from prefdata.export import export_pairs
     from prefdata.score import score_pairs
     from prefdata.store import Workspace
     from prefdata.toy.task import generate
@@ -125,13 +155,14 @@ def build_workspace(root: Path, model_dir: Path, n_pairs: int, device: str) -> t
              "rejected_candidate_id": [f"c{i}-0" for i in range(n)], "chosen_origin": ["reference"] * n,
              "rejected_origin": ["policy"] * n, "chosen_score": [1.0] * n, "rejected_score": [0.0] * n,
              "margin": [1.0] * n, "judge_name": ["rule"] * n, "strategy": ["reference_vs_worst_policy"] * n}
+    if workload == "long-prompt":
+        pairs["messages"] = few_shot_messages(problems, WORKLOADS[workload])
     with ws.writer():
         ws.write_part("prompts", "bench", pa.Table.from_pylist(prompts))
         ws.write_part("candidates", "bench", pa.Table.from_pylist(candidates))
         ws.write_part("pairs", DATASET, pa.table(pairs))
     score_pairs(ws, model_dir, device=device)
-    exported = export_pairs(ws, root / "trl", dataset=DATASET, conversational=True)
-    return ws, Path(exported[DATASET]["path"])
+    return ws
 
 
 # ------------------------------------------------------------------------------------------------
@@ -150,14 +181,20 @@ class Meter:
     """
 
     def __init__(self, device: str):
-        import psutil
-
         self.device = device
-        self.proc = psutil.Process()
-        self.baseline_rss = self.proc.memory_info().rss
+        try:  # RSS on CPU; on a GPU machine without it (no TRL, whose accelerate needs it) CUDA memory suffices
+            import psutil
+        except ModuleNotFoundError:
+            if device != "cuda":
+                raise
+            psutil = None
+        self.proc = psutil.Process() if psutil else None
+        self.baseline_rss = self.proc.memory_info().rss if psutil else 0
         self.marks: list[float] = []        # time after each optimizer step
         self.tokens: list[int] = []         # non-padding tokens of each optimizer step
         self.pending = 0                    # tokens seen since the last step mark
+        self.computed: list[int] = []       # tokens each step actually ran through the model
+        self.pending_computed = 0
         self.phase = 0                      # 0 before the timed window, 1 in it, 2 after it
         self.phase_peak = [0, 0, 0]
         self.window_peak_cuda = 0
@@ -166,13 +203,16 @@ class Meter:
         self._sampler.start()
 
     def _sample(self):
-        while not self._stop:
+        while not self._stop and self.proc is not None:
             rss = self.proc.memory_info().rss
             self.phase_peak[self.phase] = max(self.phase_peak[self.phase], rss)
             time.sleep(0.01)
 
-    def add_tokens(self, n: int):
+    def add_tokens(self, n: int, computed: int | None = None):
+        """`n` non-padding tokens of the unshared sequences; `computed` of them actually run
+        (fewer when prompts are shared; default all)."""
         self.pending += n
+        self.pending_computed += n if computed is None else computed
 
     def step_done(self, warmup: int, steps: int):
         import torch
@@ -181,7 +221,8 @@ class Meter:
             torch.cuda.synchronize()
         self.marks.append(time.perf_counter())
         self.tokens.append(self.pending)
-        self.pending = 0
+        self.computed.append(self.pending_computed)
+        self.pending = self.pending_computed = 0
         k = len(self.marks)
         if k == warmup:  # the timed window opens
             self.phase = 1
@@ -208,6 +249,7 @@ class Meter:
                # per-step medians: robust to a burst of load from other users during one step
                "median_step_pairs_per_s": statistics.median(pairs_per_step / durations[i] for i in timed),
                "median_step_tokens_per_s": statistics.median(self.tokens[i] / durations[i] for i in timed),
+               "computed_tokens": sum(self.computed[warmup:warmup + steps]),
                "step_seconds": [b - a for a, b in zip(self.marks, self.marks[1:])],
                "step_tokens": self.tokens,
                "baseline_rss_mb": self.baseline_rss / mb,
@@ -223,41 +265,58 @@ class Meter:
         return out
 
 
-def run_ours(spec: dict, meter: Meter) -> None:
+def run_ours(spec: dict, meter: Meter, shared_prefix: bool = True) -> None:
     import prefdata.score as score
+    import prefdata.train.packing as packing
     from prefdata.store import Workspace
     from prefdata.train.config import TrainConfig
     from prefdata.train.loop import train
     from prefdata.train.losses import LossConfig
 
     warmup, steps = spec["warmup"], spec["steps"]
-    # Count the non-padding tokens the loop packs: `train` imports packed_batch from prefdata.score
-    # when it is called, so wrapping the module attribute sees every training micro-batch.
-    real = score.packed_batch
+    # Count the tokens the loop packs: `train` imports its packers from their modules when it is
+    # called, so wrapping the module attributes sees every training micro-batch.
+    real_unshared, real_shared = score.packed_batch, packing.pair_batch
 
-    def counting(sequences, *args, **kwargs):
+    def unshared(sequences, *args, **kwargs):
         meter.add_tokens(sum(len(p) + len(c) for p, c in sequences))
-        return real(sequences, *args, **kwargs)
+        return real_unshared(sequences, *args, **kwargs)
 
-    score.packed_batch = counting
+    def shared(pairs, *args, **kwargs):
+        meter.add_tokens(sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs),
+                         computed=sum(len(p) + len(c) + len(r) for p, c, r in pairs))
+        return real_shared(pairs, *args, **kwargs)
+
+    score.packed_batch, packing.pair_batch = unshared, shared
     # eval/checkpoint only at the end (after the timed window); one step more than timed so that the
     # final step's measurement, checkpoint and report land after the last timestamp
     cfg = TrainConfig(dataset=DATASET, model_path=spec["model_dir"], loss=LossConfig("dpo", beta=BETA), lr=LR,
                       batch_size=spec["pairs_per_step"], max_steps=warmup + steps + 1,
                       max_length=spec["max_length"], checkpoint_every=0, eval_every=0, eval_pairs=8,
                       probe_pairs=2, heldout_responses=0, heldout_prompts=0, max_new_tokens=8,
-                      gradient_checkpointing=spec["gradient_checkpointing"],
+                      gradient_checkpointing=spec["gradient_checkpointing"], shared_prefix=shared_prefix,
                       device=spec["device"], output_dir=spec["run_dir"], resume=False)
     started = time.perf_counter()
-    meter.pending = 0
 
     def on_step(step, _record):
         meter.step_done(warmup, steps)
 
-    meter.pending = 0
+    meter.pending = meter.pending_computed = 0
     train(Workspace.open(spec["ws"]), cfg, on_step=on_step)
     meter.e2e = time.perf_counter() - started
     meter.e2e_steps = warmup + steps + 1
+
+
+def trl_rows(ws_root: str) -> list[dict]:
+    """The pairs in TRL's conversational form, in memory (as `prefdata export --format trl
+    --conversational` writes them, without needing polars on a bare GPU machine): the chat
+    prompt (the pair's messages, or its prompt as one user turn) and one assistant turn each."""
+    from prefdata.store import Workspace
+
+    pairs = Workspace.open(ws_root).read("pairs", ["prompt", "messages", "chosen", "rejected"]).to_pylist()
+    return [{"prompt": p["messages"] or [{"role": "user", "content": p["prompt"]}],
+             "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
 
 
 def run_trl(spec: dict, meter: Meter, own_defaults: bool = False) -> None:
@@ -265,14 +324,12 @@ def run_trl(spec: dict, meter: Meter, own_defaults: bool = False) -> None:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    import pyarrow.parquet as pq
-
     warmup, steps = spec["warmup"], spec["steps"]
     cuda = spec["device"] == "cuda"
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
-    dataset = Dataset(pq.read_table(spec["trl_data"]).select(["prompt", "chosen", "rejected"]))
+    dataset = Dataset.from_list(trl_rows(spec["ws"]))
 
     class Counting(trl.DPOTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
@@ -298,14 +355,15 @@ def run_trl(spec: dict, meter: Meter, own_defaults: bool = False) -> None:
     )
     trainer = Counting(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                        callbacks=[Marks()])
-    meter.pending = 0
+    meter.pending = meter.pending_computed = 0
     trainer.train()
     meter.e2e = time.perf_counter() - started
     meter.e2e_steps = warmup + steps
 
 
-def run_bare(spec: dict, meter: Meter, packed: bool) -> None:
-    """Forward + backward + AdamW over ours' batches: the ceiling for the same tokens."""
+def run_bare(spec: dict, meter: Meter) -> None:
+    """The model body, the head at completion positions only, cross-entropy, backward, fused AdamW,
+    over ours' batches in the unshared layout: the ceiling for the same (unshared) tokens."""
     import math
 
     import torch
@@ -326,7 +384,8 @@ def run_bare(spec: dict, meter: Meter, packed: bool) -> None:
     chosen, rejected = encode_completions(tokenizer, pairs["chosen"]), encode_completions(tokenizer, pairs["rejected"])
     n = len(prompts)
     pad = tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0, fused=True)  # as prefdata's loop
+    head = model.get_output_embeddings()
     model.train()
     per_epoch = math.ceil(n / b)
 
@@ -336,40 +395,34 @@ def run_bare(spec: dict, meter: Meter, packed: bool) -> None:
         return order[j * b:(j + 1) * b].tolist()
 
     def inputs(idx):
-        seqs = [prompts[i] + chosen[i] for i in idx] + [prompts[i] + rejected[i] for i in idx]
-        meter.add_tokens(sum(map(len, seqs)))
-        if not packed:
-            width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = 1
-            labels = ids.masked_fill(mask == 0, -100)
-            return dict(input_ids=ids.to(device), attention_mask=mask.to(device)), labels.to(device)
-        rows = pack([len(s) for s in seqs], spec["max_length"])
-        width = max(sum(len(seqs[i]) for i in row) for row in rows)
+        seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
+        lengths = [len(p) + len(c) for p, c in seqs]
+        meter.add_tokens(sum(lengths))
+        rows = pack(lengths, max(lengths))  # rows as wide as the longest sequence: least masked work
+        width = max(sum(lengths[i] for i in row) for row in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         pos = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        source, targets = [], []
         for r, row in enumerate(rows):
             at = 0
             for i in row:
-                s = torch.tensor(seqs[i])
-                ids[r, at:at + len(s)] = s
-                pos[r, at:at + len(s)] = torch.arange(len(s))
-                labels[r, at:at + len(s) - 1] = s[1:]  # never predict across a sequence boundary
-                at += len(s)
+                p, c = seqs[i]
+                ids[r, at:at + len(p) + len(c)] = torch.tensor(p + c)
+                pos[r, at:at + len(p) + len(c)] = torch.arange(len(p) + len(c))
+                first = r * width + at + len(p) - 1  # completion token j is predicted one position before it
+                source.extend(range(first, first + len(c)))
+                targets.extend(c)
+                at += len(p) + len(c)
             pos[r, at:] = torch.arange(width - at)
-        return dict(input_ids=ids.to(device), position_ids=pos.to(device)), labels.to(device)
+        as_long = dict(dtype=torch.long, device=device)
+        return ids.to(device), pos.to(device), torch.tensor(source, **as_long), torch.tensor(targets, **as_long)
 
     for step in range(warmup + steps):
-        kwargs, labels = inputs(batch_at(step))
+        ids, pos, source, targets = inputs(batch_at(step))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(**kwargs, use_cache=False).logits
-        if not packed:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            hidden = model.base_model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+            logits = head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, source))
+        loss = F.cross_entropy(logits.float(), targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -386,17 +439,17 @@ def worker(side: str, spec_path: str, out_path: str) -> None:
     # Every side imports the same modules before the memory baseline, so import costs cancel out.
     # transformers and trl import lazily: name the classes, or their ~200 MB of code would land
     # in whichever side first touches them.
-    import datasets  # noqa: F401
-    import matplotlib.backends.backend_agg  # noqa: F401  (prefdata's report plots)
-    import matplotlib.figure  # noqa: F401
-    import polars  # noqa: F401
-    import psutil  # noqa: F401
+    with contextlib.suppress(ModuleNotFoundError):  # optional on a bare GPU machine (psutil: RSS; matplotlib: plots)
+        import psutil  # noqa: F401
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM,  # noqa: F401
                               Qwen2ForCausalLM, Trainer, TrainerCallback)
-    from trl import DPOConfig, DPOTrainer  # noqa: F401
 
-    import prefdata.export  # noqa: F401
+    if "trl" in spec["sides"]:  # a GPU machine may lack TRL; then no side imports it
+        import datasets  # noqa: F401
+        from trl import DPOConfig, DPOTrainer  # noqa: F401
     import prefdata.score  # noqa: F401
     import prefdata.store  # noqa: F401
     import prefdata.train.loop  # noqa: F401
@@ -406,72 +459,15 @@ def worker(side: str, spec_path: str, out_path: str) -> None:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats()
     meter = Meter(spec["device"])
-    if side == "ours":
-        run_ours(spec, meter)
+    if side in ("ours", "ours_unshared"):
+        run_ours(spec, meter, shared_prefix=side == "ours")
     elif side in ("trl", "trl_defaults"):
         run_trl(spec, meter, own_defaults=side == "trl_defaults")
     else:
-        run_bare(spec, meter, packed=side == "bare_packed")
+        run_bare(spec, meter)
     result = meter.result(spec["warmup"], spec["steps"], spec["pairs_per_step"])
     result.update(e2e_seconds=meter.e2e, e2e_steps=meter.e2e_steps, threads=torch.get_num_threads())
     Path(out_path).write_text(json.dumps(result))
-
-
-def row_length_check(model_dir: Path, ws_root: Path, pairs_per_step: int, max_length: int, threads: int) -> dict:
-    """How much prefdata's packing row length costs: the same packed sequences laid out in rows of
-    `max_length` (training now) or 4096 = `eval_batch_tokens` (scoring/measurement now) versus rows of
-    the longest sequence. With position-id packing transformers builds a dense block-diagonal mask, so
-    attention work and mask memory grow with the row length, not with the sequences' own lengths."""
-    import torch
-
-    from prefdata.score import encode_completions, encode_prompts, load_model, packed_batch, sequence_logps
-    from prefdata.store import Workspace
-
-    torch.set_num_threads(threads)
-    model, tokenizer = load_model(model_dir, "cpu")
-    pairs = Workspace.open(ws_root).read("pairs").to_pydict()
-    prompts = encode_prompts(tokenizer, pairs["prompt"], pairs["messages"])
-    seqs = (list(zip(prompts, encode_completions(tokenizer, pairs["chosen"])))
-            + list(zip(prompts, encode_completions(tokenizer, pairs["rejected"]))))
-    pad = tokenizer.pad_token_id
-
-    def timed(fn, n):
-        fn()
-        return statistics.median(_seconds(fn) for _ in range(n))
-
-    def evaluate(row):  # table1_after / measure: no-grad packed forwards of ~4096 tokens each
-        with torch.no_grad():
-            group, used = [], 0
-            for s in seqs:
-                if group and used + len(s[0]) + len(s[1]) > 4096:
-                    sequence_logps(model, packed_batch(group, row, pad))
-                    group, used = [], 0
-                group.append(s)
-                used += len(s[0]) + len(s[1])
-            sequence_logps(model, packed_batch(group, row, pad))
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    k = pairs_per_step
-    batch = seqs[:k] + seqs[len(seqs) // 2:len(seqs) // 2 + k]  # k pairs: chosen and rejected sequences
-
-    def step(row):
-        sequence_logps(model, packed_batch(batch, row, pad)).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    longest_all = max(len(p) + len(c) for p, c in seqs)
-    longest = max(len(p) + len(c) for p, c in batch)
-    return {"eval_all_pairs_seconds": {"rows_4096": timed(lambda: evaluate(4096), 3),
-                                       f"rows_{longest_all}_longest": timed(lambda: evaluate(longest_all), 3)},
-            "train_step_seconds": {f"rows_{max_length}_max_length": timed(lambda: step(max_length), 5),
-                                   f"rows_{longest}_longest": timed(lambda: step(longest), 5)},
-            "sequences": len(seqs), "pairs_per_step": k, "threads": threads}
-
-
-def _seconds(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,15 +476,23 @@ def _seconds(fn) -> float:
 def machine(device: str) -> dict:
     import torch
     import transformers
-    import trl
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     info = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "platform": platform.platform()}
+            "transformers": transformers.__version__, "trl": _version("trl"), "platform": platform.platform()}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def code_state() -> dict:
@@ -506,151 +510,124 @@ def code_state() -> dict:
             "sha256": {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:16] for f in files}}
 
 
-def median(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+SHARED_MACHINE_NOTE = ("measured on a machine shared with other jobs (load average before/after below); "
+                       "the sides alternate and every figure is a median over runs, with the spread beside it")
+NAMES = {"ours": "prefdata `train()` (shared prefix, default)", "ours_unshared": "prefdata `train()`, unshared",
+         "trl": "TRL `DPOTrainer.train()`", "trl_defaults": "TRL `DPOTrainer.train()`, its own bf16/checkpointing "
+         "defaults", "bare": "bare loop (body + head at completions + fused AdamW)"}
+
+
+def spread(runs: list[dict], key: str) -> dict:
+    """Median over all runs, with the range."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ratio(a: dict, b: dict) -> dict:
+    """a / b of two spreads: the ratio of the medians, and the widest range the runs allow."""
+    return {"median": a["median"] / b["median"], "min": a["min"] / b["max"], "max": a["max"] / b["min"]}
 
 
 def summarise(results: dict, args) -> dict:
     cuda = args.device == "cuda"
     sides = {}
     for side, runs in results.items():
-        v = {"runs": len(runs), "pairs_per_s": median(runs, "pairs_per_s"), "tokens_per_s": median(runs, "tokens_per_s"),
-             "median_step_pairs_per_s": median(runs, "median_step_pairs_per_s"),
-             "median_step_tokens_per_s": median(runs, "median_step_tokens_per_s"),
-             "step_seconds": median(runs, "seconds") / args.steps, "tokens_per_step": median(runs, "tokens") / args.steps,
-             "peak_mb": median(runs, "peak_cuda_mb" if cuda else "peak_delta_mb"),
-             "e2e_seconds": median(runs, "e2e_seconds"), "e2e_steps": runs[0]["e2e_steps"]}
-        if cuda:
-            v["window_peak_mb"] = median(runs, "window_peak_cuda_mb")
-        else:
-            for phase in ("before_window", "window", "after_window"):
-                vals = [r[f"{phase}_peak_delta_mb"] for r in runs if r[f"{phase}_peak_delta_mb"] is not None]
-                v[f"{phase}_peak_mb"] = statistics.median(vals) if vals else None
-        # what the public call costs beyond its steps: model load, data preparation, measurements, saving
-        v["fixed_overhead_seconds"] = v["e2e_seconds"] - v["e2e_steps"] * v["step_seconds"]
+        for r in runs:
+            r["computed_tokens_per_s"] = r["computed_tokens"] / r["seconds"]
+            r["step_mean_seconds"] = r["seconds"] / args.steps
+        v = {"runs": len(runs), "e2e_steps": runs[0]["e2e_steps"]}
+        for key in ("pairs_per_s", "tokens_per_s", "computed_tokens_per_s", "median_step_pairs_per_s",
+                    "step_mean_seconds", "e2e_seconds"):
+            v[key] = spread(runs, key)
+        v["tokens_per_step"] = statistics.median(r["tokens"] for r in runs) / args.steps
+        v["computed_tokens_per_step"] = statistics.median(r["computed_tokens"] for r in runs) / args.steps
+        v["peak_mb"] = spread(runs, "peak_cuda_mb" if cuda else "peak_delta_mb")
+        phases = ("window",) if cuda else ("before_window", "window", "after_window")
+        for phase in phases:
+            v[f"{phase}_peak_mb"] = spread(runs, "window_peak_cuda_mb" if cuda else f"{phase}_peak_delta_mb")
         sides[side] = v
-    ours, trl = sides["ours"], sides["trl"]
-    bares = [s for s in ("bare_padded", "bare_packed") if s in sides]
-    ratios = {"ours_over_trl_pairs_per_s": ours["pairs_per_s"] / trl["pairs_per_s"],
-              "ours_over_trl_tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"],
-              "ours_over_trl_pairs_per_s_per_step_medians":
-                  ours["median_step_pairs_per_s"] / trl["median_step_pairs_per_s"],
-              "ours_over_trl_peak_memory": ours["peak_mb"] / trl["peak_mb"],
-              "ours_over_trl_window_peak_memory": ours["window_peak_mb"] / trl["window_peak_mb"]}
-    goals = {"throughput >= 2x TRL (pairs/s)": ratios["ours_over_trl_pairs_per_s"] >= 2.0,
-             "peak memory <= TRL (whole train call)": ratios["ours_over_trl_peak_memory"] <= 1.0}
-    if bares:
-        bare_name = max(bares, key=lambda s: sides[s]["tokens_per_s"])  # the ceiling: the faster bare layout
-        bare = sides[bare_name]
-        ratios.update({"bare_reference": bare_name,
-                       "ours_over_bare_tokens_per_s": ours["tokens_per_s"] / bare["tokens_per_s"],
-                       "ours_over_bare_tokens_per_s_per_step_medians":
-                           ours["median_step_tokens_per_s"] / max(sides[s]["median_step_tokens_per_s"] for s in bares),
-                       "trl_over_bare_tokens_per_s": trl["tokens_per_s"] / bare["tokens_per_s"]})
-        for s in bares:
-            ratios[f"ours_over_{s}_tokens_per_s"] = ours["tokens_per_s"] / sides[s]["tokens_per_s"]
-        if "trl_defaults" in sides:
-            ratios["trl_defaults_over_bare_tokens_per_s"] = sides["trl_defaults"]["tokens_per_s"] / bare["tokens_per_s"]
-        if not cuda:
-            goals[f"tokens/s >= 60% of bare loop ({bare_name})"] = ratios["ours_over_bare_tokens_per_s"] >= 0.6
-    if "trl_defaults" in sides:
-        ratios["ours_over_trl_defaults_pairs_per_s"] = ours["pairs_per_s"] / sides["trl_defaults"]["pairs_per_s"]
-        ratios["ours_over_trl_defaults_peak_memory"] = ours["peak_mb"] / sides["trl_defaults"]["peak_mb"]
+    ratios, goals = {}, {}
+    for a, b in (("ours", "trl"), ("ours", "ours_unshared"), ("ours", "bare"), ("ours_unshared", "bare"),
+                 ("trl", "bare"), ("ours", "trl_defaults")):
+        if a in sides and b in sides:
+            ratios[f"{a}_over_{b}_pairs_per_s"] = ratio(sides[a]["pairs_per_s"], sides[b]["pairs_per_s"])
+            ratios[f"{a}_over_{b}_peak_memory"] = ratio(sides[a]["peak_mb"], sides[b]["peak_mb"])
+            ratios[f"{a}_over_{b}_window_peak_memory"] = ratio(sides[a]["window_peak_mb"], sides[b]["window_peak_mb"])
+    if "ours_over_trl_pairs_per_s" in ratios:
+        goals["throughput >= 2x TRL (pairs/s, medians)"] = ratios["ours_over_trl_pairs_per_s"]["median"] >= 2.0
+        goals["peak memory <= TRL (whole train call, medians)"] = ratios["ours_over_trl_peak_memory"]["median"] <= 1.0
     return {"sides": sides, "ratios": ratios, "goals": goals}
+
+
+def _cell(v: dict, fmt: str = ".2f") -> str:
+    if v["median"] is None:
+        return "-"
+    return f"{v['median']:{fmt}} [{v['min']:{fmt}}-{v['max']:{fmt}}]"
 
 
 def write_markdown(path: Path, report: dict) -> None:
     s, r, g, st, m = report["summary"]["sides"], report["summary"]["ratios"], report["summary"]["goals"], \
         report["settings"], report["machine"]
     cuda = st["device"] == "cuda"
-    names = {"ours": "prefdata `train()`", "trl": "TRL `DPOTrainer.train()`",
-             "trl_defaults": "TRL `DPOTrainer.train()`, its own bf16/checkpointing defaults",
-             "bare_padded": "bare fwd+bwd+AdamW, padded", "bare_packed": "bare fwd+bwd+AdamW, packed"}
     lines = [
-        f"# Training throughput: prefdata vs TRL DPOTrainer vs a bare loop ({st['device'].upper()})", "",
-        "`python bench/bench_train.py" + "".join(f" {a}" if " " not in a else " '...'" for a in report["argv"]) + "`",
-        "",
+        f"# Training throughput, {st['workload']} workload: prefdata vs TRL DPOTrainer vs a bare loop "
+        f"({st['device'].upper()})", "",
+        "Written by `python bench/bench_train.py" + "".join(f" {a}" if " " not in a else " '...'"
+                                                           for a in report["argv"]) + "`.", "",
         f"Model: random-init `{st['model_shape']}` ({st['parameters'] / 1e6:.1f}M parameters, "
-        f"{'fp32 weights + bf16 autocast' if cuda else 'fp32'}); {st['n_pairs']} toy-task pairs "
-        f"(scenario 2 shape: chosen = reference solution, rejected = wrong policy-style answer), character "
-        f"tokenizer, {st['mean_tokens_per_pair']:.0f} non-padding tokens per pair on average (prompt counted for "
-        f"chosen and for rejected); {st['pairs_per_step']} pairs per optimizer step (one micro-batch), "
-        f"max_length {st['max_length']}, DPO sigmoid beta={BETA}, AdamW lr={LR}, grad clip 1.0 (ours, TRL); "
-        f"torch threads = {st['threads']} and activation (gradient) checkpointing "
+        f"{'fp32 weights + bf16 autocast' if cuda else 'fp32'}); {st['n_pairs']} toy-task pairs (scenario 2 shape: "
+        f"chosen = reference solution, rejected = wrong policy-style answer), character tokenizer; per pair on "
+        f"average {st['mean_prompt_tokens']:.0f} prompt tokens and {st['mean_response_tokens']:.0f} tokens per "
+        f"response ({st['mean_tokens_per_pair']:.0f} non-padding tokens with the prompt counted for chosen and for "
+        f"rejected, {st['mean_shared_tokens_per_pair']:.0f} with it counted once); {st['pairs_per_step']} pairs per "
+        f"optimizer step (one micro-batch), max_length {st['max_length']}, DPO sigmoid beta={BETA}, AdamW "
+        f"lr={LR}, grad clip 1.0 (ours, TRL); torch threads = {st['threads']} and activation checkpointing "
         f"{st['gradient_checkpointing']} for every side. Each run: {st['warmup']} warm-up step, then "
-        f"{st['steps']} timed steps; {st['reps']} runs per side, alternating order (a different side first in "
-        f"each round), each run in a fresh subprocess; every figure is the median over runs.", "",
+        f"{st['steps']} timed steps; {st['reps']} runs per side, alternating order, each in a fresh subprocess. "
+        "Every figure: median over all runs [min-max].", "",
         "## Throughput", "",
-        "| side | runs | pairs/s | non-pad tokens/s | per-step median pairs/s | s/step | tokens/step | "
-        "end-to-end s (steps) | fixed overhead s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| side | runs | pairs/s | non-pad tokens/s | tokens computed/s | per-step median pairs/s | s/step | "
+        "end-to-end s (steps) |", "|---|---|---|---|---|---|---|---|",
     ]
     for side, v in s.items():
-        lines.append(f"| {names[side]} | {v['runs']} | {v['pairs_per_s']:.2f} | {v['tokens_per_s']:.0f} | "
-                     f"{v['median_step_pairs_per_s']:.2f} | {v['step_seconds']:.2f} | {v['tokens_per_step']:.0f} | "
-                     f"{v['e2e_seconds']:.1f} ({v['e2e_steps']}) | {v['fixed_overhead_seconds']:.1f} |")
-    lines += ["", "pairs/s and tokens/s: timed window (wall time of the timed steps). Per-step median: the "
-              "median over the timed steps of each run, then over runs (less sensitive to a burst of load "
-              "from other users). End-to-end: the whole call (prefdata: `train()`, which loads the model and "
-              "measures before and after; TRL: model load + `DPOTrainer(...)` + `train()`; bare: load + steps); "
-              "fixed overhead = end-to-end minus its steps at the median step time.", "", "## Memory", ""]
+        lines.append(f"| {NAMES[side]} | {v['runs']} | {_cell(v['pairs_per_s'])} | {_cell(v['tokens_per_s'], '.0f')} | "
+                     f"{_cell(v['computed_tokens_per_s'], '.0f')} | {_cell(v['median_step_pairs_per_s'])} | "
+                     f"{_cell(v['step_mean_seconds'], '.3f')} | {_cell(v['e2e_seconds'], '.1f')} ({v['e2e_steps']}) |")
+    lines += ["", "pairs/s and tokens/s over the timed window. Non-pad tokens: prompt + completion of chosen and of "
+              "rejected (the unshared count, the same work for every side); tokens computed: what the side ran "
+              "through the model (ours shares each prompt between its two responses). End-to-end: the whole call "
+              "(prefdata: `train()`, which loads the model and measures before and after; TRL: model load + "
+              "`DPOTrainer(...)` + `train()`; bare: load + steps).", "", "## Memory", ""]
     if cuda:
         lines += ["| side | peak GPU memory allocated, whole call (MB) | timed window (MB) |", "|---|---|---|"]
-        lines += [f"| {names[k]} | {v['peak_mb']:.0f} | {v['window_peak_mb']:.0f} |" for k, v in s.items()]
+        lines += [f"| {NAMES[k]} | {_cell(v['peak_mb'], '.0f')} | {_cell(v['window_peak_mb'], '.0f')} |"
+                  for k, v in s.items()]
     else:
         lines += ["Peak RSS above the worker's RSS after imports (every side imports the same modules first). "
                   "Whole call: ru_maxrss. Phases: RSS sampled every 10 ms (workers run with "
                   "MALLOC_MMAP_THRESHOLD_=1048576 so freed tensors leave RSS).", "",
                   "| side | whole call (MB) | before the timed window | timed window | after it |",
                   "|---|---|---|---|---|"]
-        fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
-        lines += [f"| {names[k]} | {v['peak_mb']:.0f} | {fmt(v['before_window_peak_mb'])} | "
-                  f"{fmt(v['window_peak_mb'])} | {fmt(v['after_window_peak_mb'])} |" for k, v in s.items()]
-    lines += [
-        "", "## Ratios (medians)", "",
-        f"- ours / TRL pairs/s: **{r['ours_over_trl_pairs_per_s']:.2f}x** (tokens/s "
-        f"{r['ours_over_trl_tokens_per_s']:.2f}x; per-step medians {r['ours_over_trl_pairs_per_s_per_step_medians']:.2f}x)",
-        f"- ours / TRL peak memory: **{r['ours_over_trl_peak_memory']:.2f}** whole call, "
-        f"{r['ours_over_trl_window_peak_memory']:.2f} in the timed window",
-    ]
-    if "bare_reference" in r:
-        lines += [
-            f"- ours / bare tokens/s: **{r['ours_over_bare_tokens_per_s']:.2f}** (against {r['bare_reference']}, "
-            f"the faster bare layout; per-step medians {r['ours_over_bare_tokens_per_s_per_step_medians']:.2f})"
-            + "".join(f"; vs {k[len('ours_over_'):-len('_tokens_per_s')]}: {v:.2f}"
-                      for k, v in r.items() if k in ("ours_over_bare_padded_tokens_per_s",
-                                                   "ours_over_bare_packed_tokens_per_s")),
-            f"- TRL / bare tokens/s: {r['trl_over_bare_tokens_per_s']:.2f}"]
-    if "ours_over_trl_defaults_pairs_per_s" in r:
-        lines += [f"- ours / TRL with its own bf16 and checkpointing defaults: pairs/s "
-                  f"**{r['ours_over_trl_defaults_pairs_per_s']:.2f}x**, peak memory "
-                  f"{r['ours_over_trl_defaults_peak_memory']:.2f}"
-                  + (f"; that TRL / bare tokens/s: {r['trl_defaults_over_bare_tokens_per_s']:.3f}"
-                     if "trl_defaults_over_bare_tokens_per_s" in r else "")]
+        lines += [f"| {NAMES[k]} | {_cell(v['peak_mb'], '.0f')} | {_cell(v['before_window_peak_mb'], '.0f')} | "
+                  f"{_cell(v['window_peak_mb'], '.0f')} | {_cell(v['after_window_peak_mb'], '.0f')} |"
+                  for k, v in s.items()]
+    lines += ["", "## Ratios", "", "Ratio of the medians [the widest range the runs allow: min/max to max/min].", ""]
+    for key, v in r.items():
+        lines.append(f"- {key.replace('_over_', ' / ').replace('_', ' ')}: **{v['median']:.2f}** "
+                     f"[{v['min']:.2f}-{v['max']:.2f}]")
     lines += ["", "## Goals", ""] + [f"- {name}: **{'PASS' if ok else 'FAIL'}**" for name, ok in g.items()]
     lines += ["", "## Machine", "",
               f"{m['cpu']}, {m['cpus']} CPUs{', ' + m['gpu'] if 'gpu' in m else ''}; Python {m['python']}, torch "
               f"{m['torch']}, transformers {m['transformers']}, trl {m['trl']}. Load average (1/5/15 min) "
-              f"before / after: {report['loadavg_before']} / {report['loadavg_after']} (shared machine; the "
-              f"sides alternate, so they share its load). Whole benchmark: {report['bench_seconds']:.0f} s."]
+              f"before / after: {report['loadavg_before']} / {report['loadavg_after']}. Whole benchmark: "
+              f"{report['bench_seconds']:.0f} s."]
     code = report["code"]
     lines += ["", f"Trainer code measured: HEAD {code['head'][:10]}" + (
         f" plus uncommitted changes to {', '.join(code['uncommitted'])} (sha256 prefixes in the JSON)"
         if code["uncommitted"] else "") + "."]
-    rc = report.get("row_length_check")
-    if rc:
-        (e_now, e_new), (t_now, t_new) = rc["eval_all_pairs_seconds"].items(), rc["train_step_seconds"].items()
-        lines += ["", "## Packing row length (`--row-length-check`)", "",
-                  "prefdata packs training micro-batches into rows of `max_length` tokens and scoring/measurement "
-                  "batches into rows of `eval_batch_tokens` (4096); with position-id packing transformers builds "
-                  "a dense block-diagonal mask, so attention work and mask memory grow with the row length. "
-                  "Same sequences, same model, rows of the longest sequence instead (median seconds):", "",
-                  f"- train step ({rc['pairs_per_step']} pairs): {t_now[0]} {t_now[1]:.3f} s -> {t_new[0]} "
-                  f"{t_new[1]:.3f} s ({t_now[1] / t_new[1]:.2f}x)",
-                  f"- eval pass over all {rc['sequences']} sequences (Table 1 after training): {e_now[0]} "
-                  f"{e_now[1]:.3f} s -> {e_new[0]} {e_new[1]:.3f} s ({e_now[1] / e_new[1]:.2f}x)"]
-    if report.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -668,10 +645,11 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, every side")
     parser.add_argument("--gradient-checkpointing", choices=("off", "on"), default="off",
                         help="activation checkpointing for every side (prefdata's default is off, TRL's is on)")
-    parser.add_argument("--row-length-check", action="store_true",
-                        help="after the comparison, time prefdata's packing at its row lengths vs rows of the longest "
-                             "sequence (train step and eval pass); written under row_length_check")
-    parser.add_argument("--tag", default="", help="suffix of the result files: train_<device><tag>.json")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="toy",
+                        help="toy: the toy task's short prompts; long-prompt: chat prompts ~3x the responses")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for the runs: no new repetition starts that would likely exceed it")
+    parser.add_argument("--tag", default="", help="suffix of the result files: train_<device>[_long_prompt]<tag>.json")
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"comma-separated, from {', '.join(SIDES + EXTRA_SIDES)}")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -698,12 +676,15 @@ def main(argv=None) -> None:
         env["HF_DATASETS_CACHE"] = str(work / "hf-datasets-cache")
         t0 = time.perf_counter()
         model_dir = build_model_dir(args.model_shape, work / "model")
-        ws, trl_data = build_workspace(work, model_dir, args.pairs, args.device)
+        ws = build_workspace(work, model_dir, args.pairs, args.device, args.workload)
         pairs = ws.read("pairs").to_pydict()
         prompt_tokens = [len(x) for x in __import__("prefdata.score", fromlist=["x"]).encode_prompts(
             __import__("transformers").AutoTokenizer.from_pretrained(model_dir), pairs["prompt"], pairs["messages"])]
-        mean_tokens = statistics.mean(2 * p + c + r for p, c, r in
-                                      zip(prompt_tokens, pairs["chosen_tokens"], pairs["rejected_tokens"]))
+        lengths = list(zip(prompt_tokens, pairs["chosen_tokens"], pairs["rejected_tokens"]))
+        mean_tokens = statistics.mean(2 * p + c + r for p, c, r in lengths)
+        token_stats = {"mean_prompt_tokens": statistics.mean(p for p, _, _ in lengths),
+                       "mean_response_tokens": statistics.mean((c + r) / 2 for _, c, r in lengths),
+                       "mean_shared_tokens_per_pair": statistics.mean(p + c + r for p, c, r in lengths)}
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(model_dir)
@@ -713,10 +694,15 @@ def main(argv=None) -> None:
         print(f"setup {time.perf_counter() - t0:.1f}s: {args.model_shape} ({n_params / 1e6:.1f}M params), "
               f"{args.pairs} scored pairs, {mean_tokens:.0f} tokens/pair", flush=True)
         results: dict[str, list[dict]] = {s: [] for s in sides}
+        reps_started = time.perf_counter()
         for rep in range(args.reps):
+            spent = time.perf_counter() - reps_started
+            if args.time_budget and rep and spent + spent / rep > args.time_budget:
+                print(f"stopping after {rep} reps: another would exceed --time-budget {args.time_budget:.0f}s")
+                break
             order = sides[rep % len(sides):] + sides[:rep % len(sides)]  # a different side first each time
             for side in order:
-                spec = {"model_dir": str(model_dir), "ws": str(ws.root), "trl_data": str(trl_data),
+                spec = {"model_dir": str(model_dir), "ws": str(ws.root), "sides": sides,
                         "device": args.device, "threads": args.threads, "pairs_per_step": args.pairs_per_step,
                         "max_length": args.max_length, "warmup": args.warmup, "steps": args.steps,
                         "gradient_checkpointing": args.gradient_checkpointing == "on",
@@ -737,24 +723,24 @@ def main(argv=None) -> None:
                       f"(window {run.get('window_peak_cuda_mb', run.get('window_peak_delta_mb')) or 0:7.0f}) "
                       f"e2e {run['e2e_seconds']:.1f}s, process {time.perf_counter() - started:.1f}s",
                       flush=True)
-        row_check = (row_length_check(model_dir, ws.root, args.pairs_per_step, args.max_length, args.threads)
-                     if args.row_length_check and args.device == "cpu" else None)
     report = {
         "benchmark": "train", "argv": argv if argv is not None else sys.argv[1:], "machine": machine(args.device),
         "bench_seconds": round(time.perf_counter() - t0, 1), "code": code_state(), "loadavg_before": loadavg_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "settings": {"device": args.device, "model_shape": args.model_shape, "parameters": n_params,
                      "n_pairs": args.pairs, "pairs_per_step": args.pairs_per_step, "max_length": args.max_length,
-                     "steps": args.steps, "warmup": args.warmup, "reps": args.reps, "threads": args.threads,
+                     "steps": args.steps, "warmup": args.warmup, "reps": min(len(r) for r in results.values()), "threads": args.threads,
                      "gradient_checkpointing": args.gradient_checkpointing,
-                     "mean_tokens_per_pair": mean_tokens, "beta": BETA, "lr": LR,
+                     "workload": args.workload, "mean_tokens_per_pair": mean_tokens, **token_stats,
+                     "beta": BETA, "lr": LR,
                      "precision": "fp32" if args.device == "cpu" else "bf16 autocast"},
-        "summary": summarise(results, args) if {"ours", "trl"} <= set(sides) else None,
-        "notes": args.note, "row_length_check": row_check, "runs": results,
+        "summary": summarise(results, args),
+        "notes": [SHARED_MACHINE_NOTE] + args.note, "runs": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"train_{args.device}{args.tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = f"train_{args.device}{'_long_prompt' if args.workload == 'long-prompt' else ''}{args.tag}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["summary"]:
-        write_markdown(args.out / f"train_{args.device}{args.tag}.md", report)
+        write_markdown(args.out / f"{stem}.md", report)
         print(json.dumps({"ratios": report["summary"]["ratios"], "goals": report["summary"]["goals"]}, indent=2))
 
 

@@ -22,12 +22,15 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
-from prefdata.config import TOY, BuildConfig
+from prefdata import pause
+from prefdata.config import SCENARIO_ORIGINS, TOY, BuildConfig
 from prefdata.errors import PrefdataError
-from prefdata.store import Workspace, atomic_write_bytes
+from prefdata.store import Workspace
 
+GLOSSARY = "docs/glossary.md"  # in the prefdata repository; `prefdata.glossary` holds the same text
 TOY_ROWS = {"train": 4000, "test": 1000}  # toy split sizes written for the source (prefix-stable)
 
 
@@ -39,7 +42,9 @@ class BuildState:
     prompts: object = None            # pa.Table: this build's prompts
     work_keys: set = field(default_factory=set)  # work keys of this build's generated candidates
     scored: object = None             # pl.DataFrame: this build's candidates with verdicts
+    hygiene: object = None            # prefdata.hygiene.stage.PromptHygiene: its index checks chosen texts
     pairs: dict = field(default_factory=dict)    # dataset name -> pl.DataFrame
+    too_long: dict = field(default_factory=dict)  # origin -> prompt ids too long for its model's context
     summary: dict = field(default_factory=dict)
 
 
@@ -56,75 +61,156 @@ def toy_source_dir(seed: int) -> Path:
     return folder
 
 
-def step_ingest(state: BuildState) -> BuildState:
-    """Load the source's prompts; store the ones the workspace does not have yet."""
-    import pyarrow.compute as pc
+def _resolve_toy(spec, seed: int):
+    return replace(spec, path_or_name=str(toy_source_dir(seed))) if spec.path_or_name == TOY else spec
 
+
+def step_ingest(state: BuildState) -> BuildState:
+    """Load the source's prompts, drop contaminated and near-duplicate ones (before
+    sampling and --limit); store the ones the workspace does not have yet. With no source
+    named and imported candidates present, build on the imported candidates' prompts."""
+    from prefdata.importing.reuse import imported_prompts
     from prefdata.sources import load_prompts
 
-    spec = state.cfg.source
-    if spec.path_or_name == TOY:
-        spec = replace(spec, path_or_name=str(toy_source_dir(state.cfg.seed)))
-    prompts, stats = load_prompts(spec)
+    if state.cfg.source.path_or_name == TOY:
+        imported = imported_prompts(state.ws)
+        if imported is not None:
+            state.prompts = imported
+            state.summary["prompts"] = {"source": "imported", "rows_kept": imported.num_rows,
+                                        "duplicates_removed": 0, "new_in_workspace": 0, "heldout_stored": 0}
+            state.log(f"prompts: {imported.num_rows} from imported candidates")
+            return state
+    spec = _resolve_toy(state.cfg.source, state.cfg.seed)
+    heldout = _load_heldout(state, spec)
+    hygiene = _prompt_hygiene(state, heldout)
+    prompts, stats = load_prompts(spec, prefilter=hygiene)
     if prompts.num_rows == 0:
-        raise PrefdataError(f"source {spec.path_or_name} gave no prompts", "check --split, --limit and the file")
-    known = set(state.ws.read("prompts", ["prompt_id"]).column("prompt_id").to_pylist())
-    new = prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=_array(known))))
+        raise PrefdataError(f"source {spec.path_or_name} gave no prompts"
+                            + (f" ({hygiene.counts} dropped by data hygiene)" if hygiene.counts else ""),
+                            "check --split, --limit and the file")
+    new = _new_prompts(state.ws, prompts)
     if new.num_rows:
         key = "src-" + _digest(sorted(new.column("prompt_id").to_pylist()))
         state.ws.write_part("prompts", key, new)
     state.prompts = prompts
-    state.summary["prompts"] = {**stats.to_dict(), "new_in_workspace": new.num_rows,
-                                "heldout_stored": _store_heldout(state, spec)}
-    state.log(f"prompts: {stats.rows_read} read, {stats.duplicates_removed} duplicates removed, "
+    state.hygiene = hygiene
+    dropped = {reason: hygiene.counts.get(reason, 0) for reason in ("contaminated", "near_duplicate")}
+    state.summary["prompts"] = {**stats.to_dict(), **dropped, "new_in_workspace": new.num_rows,
+                                "heldout_stored": _store_heldout(state, heldout)}
+    state.summary["hygiene"] = {**state.summary.get("hygiene", {}), **dropped}
+    too_large = f"{stats.too_large} dropped as prompt_too_large, " if stats.too_large else ""
+    state.log(f"prompts: {stats.rows_read} read, {too_large}{stats.duplicates_removed} duplicates removed, "
+              f"{dropped['contaminated']} contaminated, {dropped['near_duplicate']} near-duplicates, "
               f"{prompts.num_rows} used ({new.num_rows} new to the workspace)")
     return state
 
 
-def _store_heldout(state: BuildState, spec) -> int:
-    """Store up to `cfg.heldout` prompts of the source's test split (never generated for): the
-    trainer measures held-out accuracy on them. A source without a test split stores none."""
-    import pyarrow.compute as pc
+def _prompt_hygiene(state: BuildState, heldout):
+    """The ingest filter: evaluation sets of `select.decontaminate` plus the workspace's held-out
+    prompts (stored ones and the ones this build is about to store), and near-duplicates."""
+    import polars as pl
 
+    from prefdata.hygiene.stage import PromptHygiene, item_texts, load_eval_sets
+    from prefdata.select import SelectConfig
+
+    sel = SelectConfig(**state.cfg.select)
+    evals, sets = load_eval_sets(sel.decontaminate, resolve=lambda spec: _resolve_toy(spec, state.cfg.seed))
+    stored = state.ws.read_polars("prompts").filter(pl.col("split") == "test")
+    if heldout is not None:
+        stored = pl.concat([stored, pl.from_arrow(heldout).select(stored.columns)])
+    evals = pl.concat([evals, item_texts(stored, "heldout", heldout=True)])
+    threshold = sel.near_duplicate_threshold if sel.near_duplicates else None
+    state.summary["hygiene"] = {
+        "decontaminate": sets, "heldout_items": stored["prompt_id"].n_unique(), "n": sel.decontaminate_n,
+        "chosen_checked": sel.decontaminate_chosen, "near_duplicate_threshold": threshold}
+    return PromptHygiene(evals, n=sel.decontaminate_n, near_threshold=threshold, seed=state.cfg.seed)
+
+
+def _load_heldout(state: BuildState, spec):
+    """Up to `cfg.heldout` prompts of the source's test split (never generated for): the
+    trainer measures held-out accuracy on them. A source without a test split has none."""
     from prefdata.sources import load_prompts
 
     if state.cfg.heldout <= 0 or spec.split == "test":
-        return 0
+        return None
     try:
-        heldout, _ = load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))
+        return load_prompts(replace(spec, split="test", limit=state.cfg.heldout, sample=None))[0]
     except PrefdataError:
+        return None
+
+
+def _store_heldout(state: BuildState, heldout) -> int:
+    """Store the held-out prompts the workspace does not have yet; returns how many."""
+    if heldout is None:
         return 0
-    known = state.ws.read("prompts", ["prompt_id"]).column("prompt_id")
-    heldout = heldout.filter(pc.invert(pc.is_in(heldout.column("prompt_id"), value_set=known)))
+    heldout = _new_prompts(state.ws, heldout)
     if heldout.num_rows:
         state.ws.write_part("prompts", "heldout-" + _digest(sorted(heldout.column("prompt_id").to_pylist())),
                             heldout)
     return heldout.num_rows
 
 
+def _new_prompts(ws: Workspace, prompts):
+    """The rows of `prompts` the workspace lacks; refuses a stored prompt whose content changed."""
+    import pyarrow.compute as pc
+
+    from prefdata.rebuild import CONTENT, refuse_changed_prompts
+
+    known = ws.read("prompts", ["prompt_id", *CONTENT])
+    refuse_changed_prompts(known, prompts, ws.root)
+    return prompts.filter(pc.invert(pc.is_in(prompts.column("prompt_id"), value_set=known.column("prompt_id"))))
+
+
 def step_generate(state: BuildState) -> BuildState:
     """Sample the policy and/or other model, as the scenarios need; cached by work key."""
-    from prefdata.generate import generate_candidates, write_reference_candidates
+    from prefdata.generate import generate_candidates, reference_candidates, write_reference_candidates
+    from prefdata.importing.reuse import imported_work_keys
 
     origins = state.cfg.origins()
     state.summary["generation"] = {}
     for origin in ("policy", "other"):
         if origin not in origins:
             continue
+        keys, n_imported = imported_work_keys(state.ws, state.prompts.column("prompt_id"), origin)
+        if n_imported:  # imported responses stand in for this origin's samples: no model is loaded
+            state.work_keys |= keys
+            state.summary["generation"][origin] = {"imported": n_imported, "candidates_written": 0}
+            state.log(f"{origin}: {n_imported} imported candidates used, nothing generated")
+            continue
         gen_cfg = getattr(state.cfg, origin)
         stats = generate_candidates(state.ws, state.prompts, gen_cfg)
         state.work_keys |= set(stats.work_keys)
+        state.too_long[origin] = stats.too_long
         state.summary["generation"][origin] = {
             "model": gen_cfg.display_name, "model_hash": stats.model_hash, "backend": stats.backend,
             "prompts_cached": stats.prompts_cached, "prompts_generated": stats.prompts_generated,
             "candidates_written": stats.candidates_written, "model_calls": stats.model_calls,
-            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2)}
-        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached "
-                  f"({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
+            "tokens_generated": stats.tokens_generated, "seconds": round(stats.seconds, 2),
+            "prompt_too_long": len(stats.too_long)}
+        state.log(f"{origin}: {stats.prompts_generated} prompts generated, {stats.prompts_cached} cached"
+                  + (f", {len(stats.too_long)} dropped as prompt_too_long" if stats.too_long else "")
+                  + f" ({stats.backend}, {stats.tokens_generated} tokens, {stats.seconds:.1f}s)")
     if "reference" in origins:
-        written = write_reference_candidates(state.ws, state.prompts)
+        tokenizer = _reference_tokenizer(state.cfg)
+        written = write_reference_candidates(state.ws, state.prompts, tokenizer)
+        state.work_keys |= set(reference_candidates(state.prompts, tokenizer).column("work_key").to_pylist())
         state.summary["generation"]["reference"] = {"candidates_written": written}
     return state
+
+
+def _reference_tokenizer(cfg: BuildConfig):
+    """Reference solutions are counted in the policy's tokens (the model DPO trains), the same in
+    every scenario; a build that samples only the other model (scenario 4) and whose policy
+    cannot be loaded counts them in the other model's."""
+    from prefdata.config import resolve_model
+    from prefdata.generate import load_tokenizer
+
+    try:
+        return load_tokenizer(resolve_model(cfg.policy.model), trust_remote_code=cfg.policy.trust_remote_code)
+    except PrefdataError:
+        if "policy" in cfg.origins():
+            raise
+        return load_tokenizer(resolve_model(cfg.other.model), trust_remote_code=cfg.other.trust_remote_code)
 
 
 def make_judge(cfg: BuildConfig):
@@ -147,19 +233,26 @@ def step_judge(state: BuildState) -> BuildState:
     """Judge this build's candidates that the judge has not seen, then gather the verdicts."""
     import polars as pl
 
+    from prefdata.importing.reuse import JUDGE_VERSION, imported_verdicts
     from prefdata.judge import judge_candidates
 
-    judge = make_judge(state.cfg)
-    try:
-        counts = judge_candidates(state.ws, judge, batch_size=state.cfg.judge.batch_size)
-    finally:
-        getattr(judge, "close", lambda: None)()
+    if state.cfg.judge.kind == "imported":  # the file's ratings are the verdicts: nothing to judge
+        judge = SimpleNamespace(name=f"imported:{state.cfg.judge.model}", version=JUDGE_VERSION)
+        verdicts = imported_verdicts(state.ws, judge.name)
+        counts = {"judged": 0}
+    else:
+        judge = make_judge(state.cfg)
+        try:
+            counts = judge_candidates(state.ws, judge, batch_size=state.cfg.judge.batch_size)
+        finally:
+            getattr(judge, "close", lambda: None)()
+        verdicts = state.ws.read_polars("judgments").filter(
+            (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
+            "candidate_id", "score", "correct", "status")
     prompt_ids = state.prompts.column("prompt_id").to_pylist()
+    # this build's rows only: older settings' rows (kept for other datasets) are not its candidates
     candidates = state.ws.read_polars("candidates").filter(pl.col("prompt_id").is_in(prompt_ids)).filter(
-        pl.col("work_key").is_in(list(state.work_keys)) | (pl.col("origin") == "reference"))
-    verdicts = state.ws.read_polars("judgments").filter(
-        (pl.col("judge_name") == judge.name) & (pl.col("judge_version") == judge.version)).select(
-        "candidate_id", "score", "correct", "status")
+        pl.col("work_key").is_in(list(state.work_keys)))
     prompts = pl.from_arrow(state.prompts.select(["prompt_id", "prompt", "messages"]))
     state.scored = (candidates.join(verdicts, on="candidate_id", how="left").join(prompts, on="prompt_id")
                     .with_columns(pl.lit(judge.name).alias("judge_name")))
@@ -172,7 +265,10 @@ def step_judge(state: BuildState) -> BuildState:
 
 def step_select(state: BuildState) -> BuildState:
     """Select the pairs of each scenario (blend them for a mix), then write the dataset's part."""
+    import polars as pl
+
     from prefdata.mix import mix_pairs
+    from prefdata.rebuild import no_pairs_error
     from prefdata.select import SelectConfig, select_pairs
 
     cfg = state.cfg
@@ -182,15 +278,21 @@ def step_select(state: BuildState) -> BuildState:
     per_scenario, drops = {}, {}
     for scenario in cfg.scenarios:
         dataset = f"scenario{scenario}" if cfg.mix else cfg.name
-        pairs, dropped = select_pairs(state.scored, scenario, replace(select_cfg, dataset=dataset))
+        # a prompt too long for a model the scenario samples has no pair; counted as such, not as no_<origin>
+        too_long = set().union(*(state.too_long.get(o, ()) for o in SCENARIO_ORIGINS[scenario]))
+        scored = state.scored.filter(~pl.col("prompt_id").is_in(list(too_long))) if too_long else state.scored
+        pairs, dropped = select_pairs(scored, scenario, replace(select_cfg, dataset=dataset),
+                                      eval_index=state.hygiene.index if state.hygiene else None)
+        if too_long:
+            dropped = {"prompt_too_long": len(too_long), **dropped}
         per_scenario[scenario] = pairs
         drops[dataset] = dropped
     pairs = mix_pairs(per_scenario, cfg.mix, seed=cfg.seed, dataset=cfg.name) if cfg.mix \
         else per_scenario[cfg.scenarios[0]]
     if pairs.height == 0:
-        raise PrefdataError(f"no pairs survived selection for {cfg.name} (drops: {drops})",
-                            "use more prompts (--limit), more samples (--n) or a lower --min-margin")
-    state.ws.write_part("pairs", cfg.name, pairs.to_arrow())
+        raise no_pairs_error(cfg.name, drops, _unscored_outputs(state))
+    pause.point("selected")
+    state.ws.write_part("pairs", cfg.name, _keep_reference_logps(state.ws, cfg.name, pairs.to_arrow()))
     state.pairs[cfg.name] = pairs
     state.summary["dropped"] = drops
     state.summary["pairs"] = {cfg.name: pairs.height}
@@ -198,6 +300,50 @@ def step_select(state: BuildState) -> BuildState:
         state.summary["mix"] = pairs.group_by("scenario").len().sort("scenario").to_dicts()
     state.log(f"pairs: {pairs.height} in dataset {cfg.name}")
     return state
+
+
+def _unscored_outputs(state: BuildState) -> list[str]:
+    """The judge's raw output for this build's unscored candidates (why it gave no score)."""
+    import polars as pl
+
+    ids = state.scored.filter(pl.col("score").is_null())["candidate_id"]
+    if ids.len() == 0:
+        return []
+    judge = state.summary.get("judging", {})
+    rows = state.ws.read_polars("judgments", ["candidate_id", "judge_name", "judge_version", "raw_output"]).filter(
+        pl.col("candidate_id").is_in(ids.implode()) & (pl.col("judge_name") == judge.get("judge"))
+        & (pl.col("judge_version") == judge.get("version")))
+    return [text[:120] for text in rows["raw_output"].drop_nulls().to_list()]
+
+
+def _keep_reference_logps(ws: Workspace, name: str, new):
+    """Rebuilding a dataset to the same pairs keeps the reference log-probs already scored for
+    them (a pair id is a hash of its dataset and candidate ids, so the same id means the same
+    texts); only new pairs start unscored."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = ws.table_dir("pairs") / f"part-{name}.parquet"
+    if not path.is_file():
+        return new
+    old = pq.read_table(path)
+    scored = old.filter(pc.is_valid(old["ref_model_hash"]))
+    if scored.num_rows == 0:
+        return new
+    from prefdata.schemas import conform
+
+    new = conform("pairs", new)
+    index = {pid: i for i, pid in enumerate(scored["pair_id"].to_pylist())}
+    rows = [index.get(pid, -1) for pid in new["pair_id"].to_pylist()]
+    take = pa.array([max(r, 0) for r in rows])
+    found = pa.array([r >= 0 for r in rows])
+    for column in ("ref_chosen_logp", "ref_rejected_logp", "ref_chosen_logp_mean", "ref_rejected_logp_mean",
+                   "chosen_tokens", "rejected_tokens", "ref_model_hash"):
+        at = new.schema.get_field_index(column)
+        values = pc.if_else(found, scored[column].take(take), new[column])
+        new = new.set_column(at, new.schema.field(column), values.cast(new.schema.field(column).type))
+    return new
 
 
 def _with_train_tokens(scored, cfg: BuildConfig, column: str):
@@ -212,14 +358,40 @@ def _with_train_tokens(scored, cfg: BuildConfig, column: str):
 
 def step_finish(state: BuildState) -> BuildState:
     """Manifest last (it describes the parts above), then the dataset card."""
-    from prefdata.card import dataset_card
+    from prefdata.card import write_card
 
     state.ws.write_manifest(f"build:{state.cfg.name}", {"config": state.cfg.to_dict(), "summary": state.summary})
-    atomic_write_bytes(state.ws.root / "README.md", dataset_card(state.ws).encode())
+    write_card(state.ws)
     return state
 
 
 STEPS = [step_ingest, step_generate, step_judge, step_select, step_finish]
+
+
+def preflight(cfg: BuildConfig, workspace: Path | None = None) -> None:
+    """Check every path and model the build will use before the workspace is touched or any
+    model loads: a misspelled judge model fails now, not after all policy generation. An
+    origin whose candidates were imported into `workspace` needs no model, so none is checked."""
+    from prefdata.generate import validate_model_dir
+    from prefdata.generate.registry import resolve_backend_name
+    from prefdata.importing.reuse import imported_origins
+
+    spec = cfg.source
+    if spec.path_or_name != TOY and not Path(spec.path_or_name).expanduser().exists():
+        from prefdata.sources.readers import _looks_like_hub_id, read_source
+
+        if not _looks_like_hub_id(spec.path_or_name):
+            read_source(spec)  # a mistyped path fails here with its message (a hub id loads at ingest)
+    imported = imported_origins(workspace) if workspace is not None else set()
+    for origin in sorted(cfg.origins() & {"policy", "other"} - imported):
+        gen = getattr(cfg, origin)
+        remote = resolve_backend_name(gen.backend) == "openai"
+        validate_model_dir(gen.model, need_weights=not remote, allow_pickle=gen.allow_pickle,
+                           trust_remote_code=gen.trust_remote_code)
+    judge = cfg.judge
+    if judge.kind not in ("verifier", "imported"):
+        remote = judge.kind == "llm" and resolve_backend_name(judge.backend) == "openai"
+        validate_model_dir(judge.model, need_weights=not remote, trust_remote_code=judge.trust_remote_code)
 
 
 def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print) -> dict:
@@ -227,15 +399,38 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     started = time.time()
     if cfg.quiet:
         _silence_library_progress()
+    preflight(cfg, Path(workspace))
+    from prefdata.check import refuse_if_damaged
+
+    refuse_if_damaged(Path(workspace))  # before the lock: a damaged workspace is left exactly as it was
     ws = Workspace.create(workspace)
     with ws.writer():
         if ws.recovered_lock_from:
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
+        if not ws.manifest():  # a build killed before its first stage still leaves a described workspace
+            ws.write_manifest()
         state = BuildState(cfg=cfg, ws=ws, log=log)
-        for step in STEPS:
-            state = step(state)
+        try:
+            for step in STEPS:
+                pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
+                state = step(state)
+        except BaseException:
+            _describe_after_failure(ws)
+            raise
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary
+
+
+def _describe_after_failure(ws: Workspace) -> None:
+    """Re-derive the manifest and card from the parts a failed build left, so `info` and the
+    card describe them; a failure here must not hide the build's own error."""
+    from prefdata.card import write_card
+
+    try:
+        ws.write_manifest()
+        write_card(ws)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
 
 
 def _silence_library_progress() -> None:
@@ -255,10 +450,19 @@ def _silence_library_progress() -> None:
 def format_summary(summary: dict) -> str:
     lines = ["", "build summary", "-------------"]
     p = summary["prompts"]
-    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates removed)")
+    too_large = f", {p['too_large']} prompt_too_large" if p.get("too_large") else ""
+    lines.append(f"prompts in        {p['rows_kept']} ({p['duplicates_removed']} duplicates, "
+                 f"{p.get('contaminated', 0)} contaminated, {p.get('near_duplicate', 0)} near-duplicates removed"
+                 f"{too_large})")
+    h = summary.get("hygiene")
+    if h:
+        sets = ", ".join(f"{s['source']}/{s['split']} ({s['items']})" for s in h["decontaminate"])
+        lines.append(f"decontaminated    against {sets + ' and ' if sets else ''}{h['heldout_items']} held-out "
+                     f"prompts, n-grams of {h['n']} words" + (", chosen responses too" if h["chosen_checked"] else ""))
     for origin, g in summary.get("generation", {}).items():
         lines.append(f"candidates {origin:<10}{g.get('candidates_written', 0)} new"
-                     + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else ""))
+                     + (f", {g['prompts_cached']} prompts cached" if "prompts_cached" in g else "")
+                     + (f", {g['imported']} imported" if "imported" in g else ""))
     j = summary["judging"]
     lines.append(f"judged            {j.get('judged', 0)} new by {j['judge']} "
                  f"({j['candidates_in_build']} candidates in this build)")
@@ -269,13 +473,8 @@ def format_summary(summary: dict) -> str:
     for dataset, n in summary["pairs"].items():
         lines.append(f"pairs out         {dataset}: {n}" + (f" ({shares})" if shares else ""))
     lines.append(f"time              {summary.get('seconds', 0)} s")
+    lines.append(f"terms             drop reasons and terms: {GLOSSARY} (or python -m prefdata.glossary)")
     return "\n".join(lines)
-
-
-def _array(values):
-    import pyarrow as pa
-
-    return pa.array(sorted(values), pa.string())
 
 
 def _digest(values) -> str:

@@ -1,54 +1,25 @@
 """The `prefdata` command: parses options, builds a typed config, calls the library.
 
 Heavy modules (pyarrow, polars, duckdb, torch, vllm) are imported inside the
-commands so that `prefdata --help` and `prefdata --version` answer instantly.
+commands so that `prefdata --help` and `prefdata --version` answer instantly. The
+commands that make and train datasets are here; those that import, inspect, export and
+maintain a workspace are in `prefdata.cli_data`; the app itself is in `prefdata.cli_base`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from prefdata import __version__
+from prefdata.cli_base import (DEFAULT_WORKSPACE, VERBOSE_HELP, _dataset_name, _library_logs, _refresh_card,
+                               app, toy_app)
 from prefdata.errors import PrefdataError
 
-app = typer.Typer(
-    name="prefdata",
-    help="Build on-policy, off-policy and mixed preference-pair datasets (the four scenarios of "
-         "'3D-Properties: Identifying Challenges in DPO'), query them with DuckDB, and train DPO/IPO on them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-toy_app = typer.Typer(help="The embedded toy world: tiny policy/other models and an arithmetic task.",
-                      no_args_is_help=True)
-app.add_typer(toy_app, name="toy")
-
-DEFAULT_WORKSPACE = Path("prefdata-workspace")
-
-
-class OutputFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"prefdata {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
-    pass
+__all__ = ["app", "main", "toy_app"]
 
 
 @app.command()
@@ -74,12 +45,14 @@ def build(
     m: Optional[int] = typer.Option(None, "--m", help="Other-model samples per prompt."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for both models."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Max new tokens per sample."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm or reward_model."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge: verifier, llm, reward_model, or imported:<column> (ratings from `prefdata import`)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model for the llm / reward_model judge."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Minimum chosen-minus-rejected score."),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", help="Evaluation set (repeatable; a file, folder or hub id as for --source, its test split): prompts sharing a run of select.decontaminate_n words (default 13) with one of its items are dropped as contaminated. The workspace's held-out prompts are always checked. Adds to select.decontaminate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, source sampling and mixes."),
     set_: list[str] = typer.Option([], "--set", help="Override any pipeline field: --set policy.sampling.top_p=0.9"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or step log."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Build a preference dataset: prompts -> candidates -> judgments -> pairs.
 
@@ -91,7 +64,7 @@ def build(
     """
     from prefdata.build import build as run_build
     from prefdata.build import format_summary
-    from prefdata.config import build_config, load_toml, scenario_pipeline, set_path
+    from prefdata.config import build_config, load_toml, origin_of, parse_set_value, scenario_pipeline, set_path
 
     chosen = [x for x in (scenario is not None, mix is not None, config is not None) if x]
     if len(chosen) != 1:
@@ -99,13 +72,16 @@ def build(
                             "e.g. prefdata build --scenario 2")
     if config is not None:
         raw = load_toml(config)
+        origin_label = f"in {config}"
     elif mix is not None:
         raw = scenario_pipeline(1)
         raw.pop("scenarios", None)
         raw.pop("name", None)
         raw["mix"] = mix
+        origin_label = "in pipelines/scenario1.toml"  # the mix's base pipeline
     else:
         raw = scenario_pipeline(scenario)
+        origin_label = f"in pipelines/scenario{scenario}.toml"
     flags = {
         "source.path_or_name": source, "source.format": format, "source.split": split, "source.limit": limit,
         "source.sample": sample, "source.preset": preset, "source.prompt_column": prompt_column,
@@ -120,58 +96,43 @@ def build(
     if sample is not None and limit is None:
         flags["source.limit"] = None
         raw.get("source", {}).pop("limit", None)
+    labels = {}  # dotted key -> the flag that set it, so an error names the flag
     for dotted, value in flags.items():
         if value is not None:
             set_path(raw, dotted, value)
+            labels[dotted] = _flag_of(dotted)
     for item in set_:
         key, sep, value = item.partition("=")
         if not sep:
             raise PrefdataError(f"--set {item!r} is not KEY=VALUE", "e.g. --set policy.sampling.top_p=0.9")
-        set_path(raw, key.strip(), _parse_value(value.strip()))
+        key = key.strip()
+        set_path(raw, key, parse_set_value(key, value.strip()))
+        labels[key] = "--set"
+    if decontaminate:
+        listed = raw.get("select", {}).get("decontaminate", [])
+        set_path(raw, "select.decontaminate", [*(listed if isinstance(listed, list) else [listed]), *decontaminate])
+        labels["select.decontaminate"] = "--decontaminate"
     if quiet:
         raw["quiet"] = True
-    cfg = build_config(raw)
-    summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
+    cfg = build_config(raw, origin_of(labels, origin_label))
+    with _library_logs(workspace, "build", verbose, quiet):
+        summary = run_build(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo)
     typer.echo(format_summary(summary))
 
 
-def _parse_value(text: str):
-    """A --set value: TOML scalar syntax (numbers, true/false, quoted strings), else a bare string."""
-    import tomllib
 
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+_BUILD_FLAGS = {"source.path_or_name": "--source", "source.format": "--format", "policy.model": "--policy-model",
+                "other.model": "--other-model", "policy.sampling.n": "--n", "other.sampling.n": "--m",
+                "select.min_margin": "--min-margin", "judge.kind": "--judge", "judge.model": "--judge-model"}
 
 
-@app.command()
-def export(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory (one Parquet file per dataset)."),
-    format: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected for TRL's DPOTrainer) or parquet (raw pairs)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Export only this dataset (e.g. scenario2)."),
-    conversational: bool = typer.Option(False, "--conversational", help="TRL conversational form (lists of messages)."),
-    keep_provenance: bool = typer.Option(False, "--keep-provenance", help="Keep ids, origins, scores and log-probs as extra columns."),
-) -> None:
-    """Export pairs for an external trainer (TRL's DPOTrainer accepts the files as they are)."""
-    from prefdata.export import export_pairs
-    from prefdata.store import Workspace
+def _flag_of(dotted: str) -> str:
+    """The build option that set `dotted` (`--temperature` for policy.sampling.temperature)."""
+    if dotted in _BUILD_FLAGS:
+        return _BUILD_FLAGS[dotted]
+    leaf = dotted.rsplit(".", 1)[-1]
+    return "--" + leaf.replace("_", "-")
 
-    result = export_pairs(Workspace.open(workspace), out, format=format, dataset=dataset,
-                          conversational=conversational, keep_provenance=keep_provenance)
-    for name, info in result.items():
-        typer.echo(f"{name}: {info}")
-
-
-def _dataset_name(scenario: Optional[int], dataset: Optional[str]) -> Optional[str]:
-    if scenario is not None and dataset is not None:
-        raise PrefdataError("give --scenario or --dataset, not both", "e.g. --scenario 2 or --dataset mix-1x0.5-4x0.5")
-    if scenario is not None:
-        if scenario not in (1, 2, 3, 4):
-            raise PrefdataError(f"unknown scenario {scenario}", "use --scenario 1, 2, 3 or 4")
-        return f"scenario{scenario}"
-    return dataset
 
 
 @app.command()
@@ -182,16 +143,24 @@ def score(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Score only this dataset (e.g. a mix)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", help="Tokens per packed forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Store reference log-probs (summed and per-token) of every pair's chosen and rejected response."""
     from prefdata.config import resolve_model
-    from prefdata.score import score_pairs
+    from prefdata.score import format_score_summary, score_pairs
     from prefdata.store import Workspace
 
     ws = Workspace.open(workspace)
-    summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
-                          batch_tokens=batch_tokens, device=device, progress=typer.echo)
-    typer.echo(" ".join(f"{k}={v}" for k, v in summary.items()))
+    with _library_logs(workspace, "score", verbose, quiet):
+        summary = score_pairs(ws, resolve_model(model), dataset=_dataset_name(scenario, dataset),
+                              batch_tokens=batch_tokens, device=device, progress=None if quiet else typer.echo,
+                              shared_prefix=shared_prefix)
+    _refresh_card(ws)
+    typer.echo(format_score_summary(summary))
 
 
 @app.command()
@@ -200,37 +169,56 @@ def train(
     scenario: Optional[int] = typer.Option(None, "--scenario", "-s", help="Train on this scenario's pairs."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Train on this dataset (e.g. a mix)."),
     model: str = typer.Option("toy:policy", "--model", "-m", help="Model to train (also the DPO reference)."),
-    loss: str = typer.Option("dpo", "--loss", help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic."),
+    loss: str = typer.Option("dpo", "--loss", "--loss_type",
+                             help="dpo, ipo, cdpo, flex_dpo, dpo_sft or slic (TRL's --loss_type sigmoid = dpo)."),
     beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (loss default if unset)."),
     beta_chosen: Optional[float] = typer.Option(None, "--beta-chosen", help="Flex-DPO beta of the chosen term."),
     beta_rejected: Optional[float] = typer.Option(None, "--beta-rejected", help="Flex-DPO beta of the rejected term."),
-    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="cDPO label smoothing."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", "--label_smoothing",
+                                                    help="cDPO label smoothing."),
     sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="Weight of the SFT term (dpo_sft, slic)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the pairs."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (wins over --epochs)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    max_length: int = typer.Option(1024, "--max-length", help="Max prompt+completion tokens; longer pairs are left out."),
+    lr: Optional[float] = typer.Option(None, "--lr", "--learning_rate",
+                                       help="Peak learning rate (AdamW); default 1e-4 for the toy models, else 5e-6."),
+    epochs: int = typer.Option(1, "--epochs", "--num_train_epochs", help="Passes over the pairs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help="Optimizer steps (wins over --epochs)."),
+    batch_size: int = typer.Option(8, "--batch-size", "--per_device_train_batch_size", help="Pairs per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", "--gradient_accumulation_steps",
+                                   help="Micro-batches per optimizer step."),
+    max_length: int = typer.Option(1024, "--max-length", "--max_length",
+                                   help="Max prompt+completion tokens; longer pairs are left out."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation of any randomness."),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Steps between resumable checkpoints."),
     eval_every: int = typer.Option(10, "--eval-every", help="Steps between trajectory measurements."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
+                                              help="Run directory (default WORKSPACE/runs/<dataset>-<loss>)."),
+    shared_prefix: bool = typer.Option(True, "--shared-prefix/--no-shared-prefix",
+                                       help="Compute each pair's prompt once for both responses (one packed "
+                                            "segment prompt|chosen|rejected, same log-probs); off: twice."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final report."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Train DPO/IPO/... on one dataset; one model in memory (stored reference log-probs).
 
     Scores the pairs first if they lack reference log-probs of this model. Resumes from the
     newest checkpoint of the run directory. Writes a Hugging Face model and the report.
+    TRL's flag names are accepted where they mean the same (--learning_rate, --num_train_epochs,
+    --per_device_train_batch_size, --gradient_accumulation_steps, --loss_type sigmoid|ipo, ...).
     """
     from prefdata.config import resolve_model
     from prefdata.score import score_pairs
     from prefdata.store import Workspace
-    from prefdata.train.config import TrainConfig
+    from prefdata.train.config import TrainConfig, check_train_options
     from prefdata.train.loop import train as run_train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.losses import LossConfig, loss_name
 
+    loss = loss_name(loss)
+    check_train_options({"lr": lr, "beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
+                         "label_smoothing": label_smoothing, "sft_weight": sft_weight, "epochs": epochs,
+                         "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum,
+                         "max_length": max_length, "seed": seed, "checkpoint_every": checkpoint_every,
+                         "eval_every": eval_every})
     name = _dataset_name(scenario, dataset)
     if name is None:
         raise PrefdataError("no dataset to train on", "pass --scenario N or --dataset NAME")
@@ -250,24 +238,28 @@ def train(
     cfg = TrainConfig(dataset=name, model_path=model_path, loss=loss_cfg, lr=lr, epochs=epochs,
                       max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                       bf16=bf16, seed=seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                      device=device, output_dir=str(output_dir) if output_dir else None)
+                      device=device, output_dir=str(output_dir) if output_dir else None,
+                      shared_prefix=shared_prefix)
     from prefdata.train.distributed import rank_zero_first
 
     # Under torchrun only rank 0 scores (it takes the workspace writer lock); the other
     # ranks wait at a barrier and then read the pairs it scored.
-    with rank_zero_first(device) as ctx:
-        if ctx.main:
-            score_pairs(ws, model_path, dataset=name, device=device, progress=typer.echo)
-    run_train(ws, cfg, progress=typer.echo)  # prints the per-run report at the end
+    say = None if quiet else typer.echo
+    with _library_logs(workspace, "train", verbose, quiet):
+        with rank_zero_first(device) as ctx:
+            if ctx.main:
+                score_pairs(ws, model_path, dataset=name, device=device, progress=say,
+                            shared_prefix=shared_prefix)
+        result = run_train(ws, cfg, progress=say)  # prints the per-run report at the end
+    if ctx.main:
+        _refresh_card(ws)
+        run_dir = cfg.run_dir(ws)
+        if quiet:
+            from prefdata.train.report import format_run
 
+            typer.echo(format_run(result))
+        typer.echo(f"model: {run_dir / 'model'}  report: {run_dir / 'report.txt'}, {run_dir / 'report.png'}")
 
-@app.command()
-def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
-    """Lay all trained runs of a workspace side by side (the study's Table 1 form)."""
-    from prefdata.store import Workspace
-    from prefdata.train.report import combined_report
-
-    typer.echo(combined_report(Workspace.open(workspace))["text"])
 
 
 @app.command()
@@ -291,6 +283,8 @@ def study(
     beta_rejected: float = typer.Option(0.05, "--beta-rejected", help="flex_dpo's beta for the rejected side."),
     sft_weight: float = typer.Option(1.0, "--sft-weight", help="dpo_sft's weight of the SFT (chosen NLL) term."),
     jobs: int = typer.Option(1, "--jobs", help="Seeds run at once in worker processes (results do not change)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final tables."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Run the whole study on the toy world per seed: build scenarios 1-4, score, train each loss, report.
 
@@ -313,91 +307,20 @@ def study(
                       lr=lr, beta=beta, beta_rejected=beta_rejected, sft_weight=sft_weight)
     if jobs < 1:
         raise PrefdataError(f"--jobs {jobs}", "use --jobs 1 or more")
-    result = run_study(workspace, cfg, log=typer.echo, jobs=jobs)
+    with _library_logs(workspace, "study", verbose, quiet):
+        result = run_study(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo, jobs=jobs)
+    from prefdata.store import Workspace
+
+    for seed in cfg.seeds:  # each seed's workspace card lists its trained runs
+        _refresh_card(Workspace.open(workspace / f"seed-{seed}"))
     typer.echo("\n" + result["tables"])
     typer.echo(f"\n{result['seconds']:.0f} s; tables, JSON and plot in {workspace}/study.txt, .json, .png")
 
 
-@app.command()
-def query(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    sql: str = typer.Argument(..., help="SQL over the views prompts, candidates, judgments, pairs."),
-    format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
-                                        help="table (readable), csv, json (JSON Lines) or parquet."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
-) -> None:
-    """Run read-only DuckDB SQL over a workspace's tables.
 
-    Only SELECT (and EXPLAIN SELECT) runs, and DuckDB is confined to the workspace's table
-    parts: other files, extensions, ATTACH, COPY and settings changes are refused (see
-    docs/security.md). --output must lie outside the workspace.
-
-    Example: prefdata query ws "SELECT scenario, count(*) FROM pairs GROUP BY 1"
-    """
-    from prefdata.query import output_path, run_query, write_result
-    from prefdata.store import Workspace
-
-    ws = Workspace.open(workspace)
-    target = output_path(ws, output) if output is not None else None
-    text = write_result(run_query(ws, sql), format.value, target)
-    if text is not None:
-        typer.echo(text, nl=not text.endswith("\n"))
-
-
-@app.command()
-def info(
-    workspace: Path = typer.Argument(..., help="Workspace directory."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-) -> None:
-    """Summarise a workspace: tables, row counts, scenarios and provenance."""
-    import json
-
-    from prefdata.info import format_info, workspace_info
-    from prefdata.store import Workspace
-
-    summary = workspace_info(Workspace.open(workspace))
-    typer.echo(json.dumps(summary, indent=2, default=str) if json_out else format_info(summary))
-
-
-@toy_app.command("train")
-def toy_train(
-    out: Path = typer.Option(..., "--out", help="Directory that gets policy/ and other/."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same weights."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
-    """Train the toy policy and other model from a seed (the shipped weights came from seed 0)."""
-    from prefdata.toy.train import train_toy_models
-
-    for role, path in train_toy_models(out, seed=seed, quiet=quiet).items():
-        typer.echo(f"{role}: {path}")
-
-
-@toy_app.command("measure")
-def toy_measure(
-    n: int = typer.Option(200, "--n", help="Held-out problems."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy dir (default: shipped)."),
-    other: Optional[Path] = typer.Option(None, "--other", help="Other model dir (default: shipped)."),
-) -> None:
-    """Accuracy of both toy models and the on/off-policy log-prob gap under the policy."""
-    from prefdata.toy.measure import format_report, measure
-
-    typer.echo(format_report(measure(policy, other, n=n, seed=seed)))
-
-
-@toy_app.command("data")
-def toy_data(
-    out: Path = typer.Option(..., "--out", help="JSONL file to write (GSM8K fields question/answer)."),
-    split: str = typer.Option("train", "--split", help="train or test."),
-    n: int = typer.Option(1000, "--n", help="Problems."),
-    seed: int = typer.Option(0, "--seed"),
-) -> None:
-    """Write toy problems as GSM8K-style JSONL (usable as a --source)."""
-    from prefdata.toy.task import write_split
-
-    if split not in ("train", "test"):
-        raise PrefdataError(f"unknown split {split!r}", "use --split train or --split test")
-    typer.echo(str(write_split(out, split, n, seed=seed)))
+# Registered after the commands above so that `prefdata --help` lists the making and training
+# commands first, then import/inspect/export/maintain, then toy.
+from prefdata import cli_data  # noqa: E402,F401
 
 
 def main() -> None:
@@ -408,6 +331,9 @@ def main() -> None:
     # transformers logs advisory warnings to stderr (e.g. about a config's model type) that would
     # break the one-line error contract; its errors still show. TRANSFORMERS_VERBOSITY=warning restores them.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from prefdata.procs import EXIT_TERMINATED, Terminated, handle_termination, stop_descendants
+
+    handle_termination()
     try:
         app()
     except PrefdataError as err:
@@ -418,6 +344,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; re-run the same command to resume", err=True)
         sys.exit(130)
+    except Terminated:
+        typer.echo("terminated; re-run the same command to resume", err=True)
+        stop_descendants()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Everything that matters is closed by now (parts are renamed into place or not at
+        # all); the interpreter's own teardown after a loaded engine can take 10 s or more,
+        # and whoever sent SIGTERM is waiting for us to go.
+        os._exit(EXIT_TERMINATED)
+    finally:
+        # Engines, judge workers: whatever the command started ends with it, however it ends.
+        stop_descendants()
 
 
 if __name__ == "__main__":

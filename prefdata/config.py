@@ -20,7 +20,6 @@ The resolved config is saved in the workspace manifest beside the output.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, check_instance, check_values, one_of
 
 SCENARIOS = (1, 2, 3, 4)
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")  # = a store part key
@@ -50,30 +50,33 @@ class JudgeConfig:
     """Which judge scores candidates. `verifier` needs reference answers; `llm` uses the
     study's 1-5 rubric served by `model` through `backend`; `reward_model` a sequence classifier."""
 
-    kind: str = "verifier"
+    # "imported:<column>" (ratings imported with `prefdata import`) becomes kind "imported", model <column>
+    kind: str = field(default="verifier", metadata=one_of("verifier", "llm", "reward_model", "imported"))
     model: str | None = None
-    backend: str = "auto"
+    backend: str = field(default="auto", metadata=one_of("auto", "vllm", "transformers", "openai"))
     endpoint_url: str | None = None
-    timeout_s: float = 5.0
-    batch_size: int = 256
+    timeout_s: float = field(default=5.0, metadata=at_least(0, open=True))
+    batch_size: int = field(default=256, metadata=at_least(1))
     trust_remote_code: bool = False
     # llm judge only: greedy decoding budget, extra attempts after an unparsable output,
     # the name in judge_name ("llm:<model_name>", default: the model directory's name),
     # and the context to check prompts against (default: the model's config.json)
-    max_tokens: int = 512
-    max_retries: int = 2
+    max_tokens: int = field(default=512, metadata=at_least(1))
+    max_retries: int = field(default=2, metadata=at_least(0))
     model_name: str | None = None
-    max_model_len: int | None = None
+    max_model_len: int | None = field(default=None, metadata=at_least(1))
 
     def __post_init__(self):
-        if self.kind not in ("verifier", "llm", "reward_model"):
-            raise PrefdataError(f"unknown judge kind {self.kind!r}", "use verifier, llm or reward_model")
+        if isinstance(self.kind, str) and self.kind.startswith("imported:"):
+            object.__setattr__(self, "model", self.kind.partition(":")[2])
+            object.__setattr__(self, "kind", "imported")
+        check_instance(self)
+        if self.kind == "imported" and not self.model:
+            raise PrefdataError("--judge imported names no rating column",
+                                "use --judge imported:<column>, e.g. --judge imported:overall_score")
         if self.kind != "verifier" and not self.model:
-            raise PrefdataError(f"judge kind {self.kind!r} needs a model", "set [judge] model = \"PATH\"")
-        if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
-            raise PrefdataError(f"judge max_tokens={self.max_tokens!r}", "use max_tokens >= 1")
-        if not (isinstance(self.max_retries, int) and self.max_retries >= 0):
-            raise PrefdataError(f"judge max_retries={self.max_retries!r}", "use max_retries >= 0")
+            raise PrefdataError(f"judge kind {self.kind!r} needs a model",
+                                "pass --judge-model PATH or set [judge] model = \"PATH\"")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ class BuildConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     select: dict = field(default_factory=dict)  # prefdata.select.SelectConfig fields
     mix: dict[int, float] | None = None
-    seed: int = 0
-    heldout: int = 64  # test-split prompts stored for held-out accuracy (not generated for)
+    seed: int = field(default=0, metadata=at_least(0))
+    # test-split prompts stored for held-out accuracy (not generated for)
+    heldout: int = field(default=64, metadata=at_least(0))
     quiet: bool = False
 
     def origins(self) -> set[str]:
@@ -116,21 +120,79 @@ def scenario_pipeline(scenario: int) -> dict:
     return load_toml(pipelines_dir() / f"scenario{scenario}.toml")
 
 
-def set_path(raw: dict, dotted: str, value: Any) -> None:
-    """Set `raw["a"]["b"] = value` for dotted "a.b" (a command-line override)."""
+_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def set_path(raw: dict, dotted: str, value: Any, label: str = "--set") -> None:
+    """Set `raw["a"]["b"] = value` for dotted "a.b" (a command-line override), exactly that key."""
+    if not _KEY.fullmatch(dotted):
+        raise PrefdataError(f"{label} key {dotted!r} is not a dotted key",
+                            "write it like policy.sampling.top_p (letters, digits, _ and - between dots)")
     *parents, leaf = dotted.split(".")
     node = raw
-    for key in parents:
+    for i, key in enumerate(parents):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[: i + 1])
+            raise PrefdataError(f"{label} {dotted}: {where} is a value, not a table, so it has no key {leaf!r}",
+                                f"set {where} itself, or a key of a table such as policy.sampling.top_p")
     node[leaf] = value
 
 
-def _make(cls, section: str, values: dict, **extra):
+def parse_set_value(key: str, text: str) -> Any:
+    r"""A `--set KEY=VALUE` value: exactly one TOML value (string, number, boolean, array);
+    a bare word that is no TOML value (a path, `llm`, `toy:policy`) is taken as a string.
+
+    >>> parse_set_value("seed", "3"), parse_set_value("judge.kind", "llm")
+    (3, 'llm')
+    >>> parse_set_value("policy.sampling.stop", r'["\n\n"]')
+    ['\n\n']
+    """
+    fix = f"give one TOML value (string, number, boolean or array), e.g. --set {key}=\"my-set\"" \
+        if key == "name" else f"give one TOML value (string, number, boolean or array), e.g. --set {key}=0.9"
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise PrefdataError(f"--set {key}: the value holds a line break or control character", fix)
+    try:
+        doc = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        if text[:1] in "[{\"'" or not text:
+            raise PrefdataError(f"--set {key}: {text!r} is not a valid TOML value", fix) from None
+        return text
+    value = doc.get("v")
+    if set(doc) != {"v"} or isinstance(value, dict) or not isinstance(value, (str, int, float, bool, list)):
+        raise PrefdataError(f"--set {key}: {text!r} is not one string, number, boolean or array", fix)
+    return value
+
+
+def origin_of(labels: dict[str, str], default: str):
+    """Where a dotted key's value came from: the flag that set it (or the longest key prefix
+    a flag set), else `default` (the pipeline file)."""
+    def origin(key: str) -> str:
+        probe = key.split("[")[0]
+        while probe:
+            if probe in labels:
+                return labels[probe]
+            probe = probe.rpartition(".")[0]
+        return default
+    return origin
+
+
+def _imported_judge(judge: dict) -> dict:
+    """`kind = "imported:<column>"` (ratings imported with `prefdata import`) as kind "imported"
+    with the column as its model, the form the typed field checks."""
+    kind = judge.get("kind")
+    if isinstance(kind, str) and kind.startswith("imported:"):
+        judge.update(kind="imported", model=kind.partition(":")[2])
+    return judge
+
+
+def _make(cls, section: str, values: dict, where=None, **extra):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise PrefdataError(f"unknown key(s) {unknown} in [{section}]",
                             f"allowed keys: {', '.join(sorted(names))}")
+    values = check_values(cls, values, section, where)
     try:
         return cls(**{**values, **extra})
     except TypeError as err:
@@ -146,8 +208,13 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
-def build_config(raw: dict) -> BuildConfig:
-    """Turn a raw (TOML + overrides) dict into a typed BuildConfig, with one-line errors."""
+def build_config(raw: dict, origin=None) -> BuildConfig:
+    """Turn a raw (TOML + overrides) dict into a typed BuildConfig, with one-line errors.
+
+    Every value is checked by type and range against the config dataclasses (`prefdata.fields`)
+    before anything is loaded; `origin` (see `origin_of`) says where a key's value came from,
+    so an error names the flag or file at fault.
+    """
     from prefdata.generate import GenerationConfig, SamplingConfig
     from prefdata.sources import SourceSpec
 
@@ -155,60 +222,73 @@ def build_config(raw: dict) -> BuildConfig:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise PrefdataError(f"unknown top-level key(s) {unknown} in pipeline", f"allowed: {', '.join(sorted(allowed))}")
+    for section in ("source", "policy", "other", "judge", "select", "policy.sampling", "other.sampling"):
+        head, _, sub = section.partition(".")
+        value = raw.get(head, {}).get(sub, {}) if sub and isinstance(raw.get(head), dict) else raw.get(head, {})
+        if not isinstance(value, dict):
+            where = origin(section) if origin else ""
+            raise PrefdataError(f"{section} = {value!r}{f' ({where})' if where else ''} is not a table",
+                                f"set its keys instead, e.g. --set {section}.KEY=VALUE, or a [{section}] table")
     mix = raw.get("mix")
-    if isinstance(mix, str):
+    if mix is not None:
         from prefdata.mix import parse_mix
 
+        if isinstance(mix, dict):
+            mix = ",".join(f"{k}={v}" for k, v in mix.items())
+        if not isinstance(mix, str):
+            raise PrefdataError(f"mix = {mix!r} is not a mix", "write it like mix = \"1=0.5,4=0.5\" or --mix 1=0.5,4=0.5")
         mix = parse_mix(mix)
-    elif isinstance(mix, dict):
-        from prefdata.mix import parse_mix
-
-        mix = parse_mix(",".join(f"{k}={v}" for k, v in mix.items()))
-    scenarios = tuple(sorted(mix)) if mix else tuple(raw.get("scenarios", ()))
+    top = check_values(BuildConfig, {k: raw[k] for k in ("name", "scenarios", "seed", "heldout", "quiet") if k in raw},
+                       "", origin)
+    scenarios = tuple(sorted(mix)) if mix else tuple(top.get("scenarios", ()))
     if not scenarios or any(s not in SCENARIOS for s in scenarios):
         raise PrefdataError(f"scenarios {list(scenarios)} are not valid", "use scenarios from 1-4, e.g. --scenario 2")
-    seed = int(raw.get("seed", 0))
-    quiet = bool(raw.get("quiet", False))
+    seed = top.get("seed", 0)
+    quiet = top.get("quiet", False)
 
     needed = set().union(*(SCENARIO_ORIGINS[s] for s in scenarios))
 
     def generation(section: str) -> Any:
         values = dict(raw.get(section, {}))
-        sampling = _make(SamplingConfig, f"{section}.sampling", dict(values.pop("sampling", {})))
+        sampling = _make(SamplingConfig, f"{section}.sampling", dict(values.pop("sampling", {})), origin)
         values.setdefault("model", f"toy:{section}")
+        values = check_values(GenerationConfig, values, section, origin)
         if section in needed:  # an unused model is never loaded, trained or checked
             values["model"] = resolve_model(values["model"])
-        return _make(GenerationConfig, section, values, origin=section, sampling=sampling, quiet=quiet)
+        return _make(GenerationConfig, section, values, origin, origin=section, sampling=sampling, quiet=quiet)
 
     source = dict(raw.get("source", {}))
     source.setdefault("path_or_name", TOY)
-    name = raw.get("name") or (_mix_name(mix) if mix else f"scenario{scenarios[0]}")
-    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name):
+    name = top.get("name") or (_mix_name(mix) if mix else f"scenario{scenarios[0]}")
+    if not _DATASET_NAME.fullmatch(name):
         # the name becomes a pairs part key and an export file name: it must not hold a path
         raise PrefdataError(f"dataset name {name!r} is not allowed",
                             "use letters, digits and . _ - = (starting with a letter or digit), e.g. name = \"gsm-s2\"")
     select = dict(raw.get("select", {}))
-    _check_select(select)
+    select = _check_select(select, origin)
     _check_pairing(select, scenarios)
     return BuildConfig(
         name=str(name), scenarios=scenarios, mix=mix, seed=seed, quiet=quiet,
-        heldout=int(raw.get("heldout", 64)),
-        source=_make(SourceSpec, "source", source),
+        heldout=top.get("heldout", 64),
+        source=_make(SourceSpec, "source", source, origin),
         policy=generation("policy"), other=generation("other"),
-        judge=_make(JudgeConfig, "judge", dict(raw.get("judge", {}))),
+        judge=_make(JudgeConfig, "judge", _imported_judge(dict(raw.get("judge", {}))), origin),
         select=select,
     )
 
 
-def _check_select(select: dict) -> None:
+def _check_select(select: dict, origin=None) -> dict:
     """Fail before any model work on [select] keys or values that selection would reject later."""
+    from prefdata.hygiene.stage import check_eval_sets
     from prefdata.select import SelectConfig
 
-    _make(SelectConfig, "select", select)
-    margin = select.get("min_margin", 0.0)
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
-        raise PrefdataError(f"select.min_margin={margin!r} is not a finite number >= 0",
-                            "use e.g. --min-margin 0.5 (0 keeps every pair whose chosen score is higher)")
+    names = {f.name for f in dataclasses.fields(SelectConfig)}
+    unknown = sorted(set(select) - names)
+    if unknown:
+        raise PrefdataError(f"unknown key(s) {unknown} in [select]", f"allowed keys: {', '.join(sorted(names))}")
+    values = check_values(SelectConfig, select, "select", origin)
+    check_eval_sets(values.get("decontaminate", ()))
+    return values
 
 
 def _check_pairing(select: dict, scenarios: tuple[int, ...]) -> None:

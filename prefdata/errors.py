@@ -10,10 +10,12 @@ Exit codes (documented in README.md):
     2  bad input: a file, option, model or config the user can correct
     3  the workspace is locked by another running writer
     4  training diverged (NaN or infinite loss); last good checkpoint kept
+    5  a model engine process died under the command (prefdata.procs.ProcessDied)
 """
 
 from __future__ import annotations
 
+EXIT_BUG = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
 EXIT_DIVERGED = 4
@@ -37,3 +39,10 @@ class WorkspaceLocked(PrefdataError):
 
 class TrainingDiverged(PrefdataError):
     exit_code = EXIT_DIVERGED
+
+
+class BackendFailed(PrefdataError):
+    """A model backend (vLLM, transformers, an endpoint) failed in a way the input did not cause:
+    one line, exit 1, the traceback kept for PREFDATA_DEBUG=1."""
+
+    exit_code = EXIT_BUG

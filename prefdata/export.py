@@ -3,16 +3,28 @@
 Two formats, one Parquet file per dataset (`OUT/<dataset>.parquet`), each written
 atomically (temp file, fsync, rename), so a reader never sees half a file:
 
-* ``trl``: the columns TRL's `DPOTrainer` expects, ``prompt``, ``chosen``,
-  ``rejected``. In the *standard* form they are strings; in the *conversational*
-  form ``prompt`` is the chat (the pair's ``messages``, or its prompt text as one
-  user turn) and ``chosen``/``rejected`` are one assistant turn each, so TRL
-  renders them through the tokenizer's chat template, as generation did.
-  `keep_provenance` adds ids, origins, scores and reference log-probs as extra
+* ``trl`` (default): the columns TRL's `DPOTrainer` expects, ``prompt``, ``chosen``,
+  ``rejected``. By default in the *conversational* form: ``prompt`` is the chat
+  (the pair's ``messages``, or its prompt text as one user turn) and
+  ``chosen``/``rejected`` are one assistant turn each, so TRL renders them through
+  the tokenizer's chat template, as generation and scoring did. The *standard*
+  form (``conversational=False``) holds bare strings: TRL then trains without the
+  template. When every pair of a dataset is scored, the reference log-probs go in
+  TRL's own columns ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed over the
+  response and its EOS, which is what TRL sums when the template closes an
+  assistant turn with EOS, as the toy models' does); `stored_reference_trainer`
+  makes TRL train on them instead of running its own reference pass.
+  `keep_provenance` adds ids, origins, scores and per-token log-probs as extra
   columns (TRL drops columns it does not use).
+  In the *implicit-prompt* form (`implicit_prompt`) there is no prompt column:
+  ``chosen`` and ``rejected`` are whole Human/Assistant dialogues sharing the
+  prompt as a prefix ("\\n\\nHuman: <turn>\\n\\nAssistant: <response>", as in
+  Anthropic's HH-RLHF; the form has no system role, so a system turn is written
+  as a Human turn); a prompt that already ends with the assistant marker (an
+  imported implicit-prompt pair) is written as it is.
 * ``parquet``: the raw pairs rows, every column of ``schemas/pairs.json``.
 
->>> export_pairs("ws", "trl-data", conversational=True)   # doctest: +SKIP
+>>> export_pairs("ws", "trl-data")                              # doctest: +SKIP
 {'scenario2': {'path': 'trl-data/scenario2.parquet', 'rows': 181, 'format': 'trl', 'form': 'conversational', ...}}
 >>> import datasets                                        # doctest: +SKIP
 >>> datasets.load_dataset("parquet", data_files="trl-data/scenario2.parquet")["train"]  # doctest: +SKIP
@@ -26,38 +38,45 @@ from prefdata.errors import PrefdataError
 
 FORMATS = ("trl", "parquet")
 
-# Extra columns kept with --keep-provenance. Deliberately absent:
-# * `messages`: TRL's `is_conversational` inspects whichever of prompt/chosen/rejected/messages
-#   it pops first from a set, so a `messages` column beside string prompts (or a null one
-#   beside chat prompts) makes TRL's choice of form depend on set order;
-# * TRL's own names `ref_chosen_logps`/`ref_rejected_logps`: TRL's collator picks them up, and
-#   ours are measured on our tokenisation (no EOS added, our template), not on TRL's.
+# Extra columns kept with --keep-provenance. Deliberately absent: `messages`: TRL's
+# `is_conversational` inspects whichever of prompt/chosen/rejected/messages it pops first
+# from a set, so a `messages` column beside string prompts (or a null one beside chat
+# prompts) makes TRL's choice of form depend on set order.
 PROVENANCE = (
     "pair_id", "prompt_id", "dataset", "scenario", "kind",
     "chosen_candidate_id", "rejected_candidate_id", "chosen_origin", "rejected_origin",
     "chosen_score", "rejected_score", "margin", "judge_name", "strategy",
-    "ref_chosen_logp", "ref_rejected_logp", "ref_chosen_logp_mean", "ref_rejected_logp_mean",
-    "chosen_tokens", "rejected_tokens", "ref_model_hash",
+    "ref_chosen_logp_mean", "ref_rejected_logp_mean", "chosen_tokens", "rejected_tokens", "ref_model_hash",
 )
+# TRL's names for precomputed reference log-probs (its collator passes them to the loss)
+TRL_REF = {"ref_chosen_logp": "ref_chosen_logps", "ref_rejected_logp": "ref_rejected_logps"}
+
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"  # the implicit-prompt form's turn markers
 
 
 def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
-                 conversational: bool | None = None, keep_provenance: bool = False) -> dict:
+                 conversational: bool | None = None, keep_provenance: bool = False,
+                 implicit_prompt: bool = False) -> dict:
     """Write `out_dir/<dataset>.parquet` for each dataset (or the one named); returns, per
-    dataset, ``{"path", "rows", "format", "form", "columns"}``.
+    dataset, ``{"path", "rows", "format", "form", "columns", "reference_logps"}``.
 
-    `ws` is a `Workspace` or its path. `conversational=None` picks the form from the data:
-    conversational when any exported pair carries chat `messages`, standard otherwise.
-    Standard prompts are the raw prompt text: pass `conversational=True` to have TRL apply
-    the model's chat template (the way the candidates were generated).
+    `ws` is a `Workspace` or its path. `conversational=True` (default) keeps the chat
+    template: TRL applies the model's template, the way the candidates were generated and
+    scored. `conversational=False` writes bare prompt text (no template).
     """
     from prefdata.store import Workspace
 
     if format not in FORMATS:
         raise PrefdataError(f"unknown export format {format!r}", f"use one of: {', '.join(FORMATS)}")
-    if format == "parquet" and conversational:
-        raise PrefdataError("--conversational applies to --format trl only",
-                            "drop --conversational, or use --format trl")
+    if format == "parquet" and (conversational or implicit_prompt):
+        raise PrefdataError("--conversational and --implicit-prompt apply to --format trl only",
+                            "drop them, or use --format trl")
+    if conversational and implicit_prompt:
+        raise PrefdataError("--conversational and --implicit-prompt are two different forms",
+                            "pick one of them")
+    if conversational is None:  # TRL's conversational form keeps the chat template: the default
+        conversational = not implicit_prompt
     if not isinstance(ws, Workspace):
         ws = Workspace.open(ws)
     out = Path(out_dir)
@@ -90,17 +109,55 @@ def export_pairs(ws, out_dir, format: str = "trl", dataset: str | None = None,
     result = {}
     for name in names:
         rows = pairs.filter(pl.col("dataset") == name)
+        reference = False
         if format == "parquet":
             table, form = _raw_table(rows), "raw"
+        elif implicit_prompt:
+            table, form = _implicit_table(rows, keep_provenance), "implicit"
         else:
-            chat = conversational if conversational is not None else _has_messages(rows)
-            table = _trl_table(rows, chat, keep_provenance)
-            form = "conversational" if chat else "standard"
+            # TRL needs a value in every row, from one reference model
+            reference = (rows["ref_chosen_logp"].null_count() == 0 and rows["ref_rejected_logp"].null_count() == 0
+                         and rows["ref_model_hash"].n_unique() == 1)
+            table = _trl_table(rows, conversational, keep_provenance, reference)
+            form = "conversational" if conversational else "standard"
         path = out / f"{name}.parquet"
         _write(path, table)
         result[name] = {"path": str(path), "rows": table.num_rows, "format": format, "form": form,
-                        "columns": table.column_names}
+                        "columns": table.column_names, "reference_logps": reference}
     return result
+
+
+def format_export(result: dict) -> list[str]:
+    """One readable line per written file."""
+    lines = []
+    for name, r in result.items():
+        extra = ""
+        if r["format"] == "trl":
+            extra = (", reference log-probs in ref_chosen_logps/ref_rejected_logps" if r["reference_logps"]
+                     else ", no reference log-probs (run `prefdata score` to add them)")
+        lines.append(f"{name}: {r['rows']} pairs -> {r['path']} ({r['format']}, {r['form']}{extra})")
+    return lines
+
+
+def stored_reference_trainer():
+    """TRL's `DPOTrainer`, trained on the exported ``ref_*_logps`` instead of its own reference pass.
+
+    Use with ``DPOConfig(precompute_ref_log_probs=True)``: TRL then takes the reference
+    log-probs from each batch; stock TRL would first compute them itself over the whole
+    dataset. Datasets without the columns are precomputed by TRL as usual.
+
+    >>> Trainer = stored_reference_trainer()                                     # doctest: +SKIP
+    >>> Trainer(model=m, args=DPOConfig(precompute_ref_log_probs=True, ...), train_dataset=ds, ...)  # doctest: +SKIP
+    """
+    from trl import DPOTrainer
+
+    class StoredReferenceDPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if set(TRL_REF.values()) <= set(dataset.column_names):
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return StoredReferenceDPOTrainer
 
 
 def _check_file_name(name: str) -> None:
@@ -110,20 +167,15 @@ def _check_file_name(name: str) -> None:
                             "rebuild it under a plain name (name = \"...\" in the pipeline)")
 
 
-def _has_messages(rows) -> bool:
-    import polars as pl
-
-    return bool(rows.select((pl.col("messages").list.len().fill_null(0) > 0).any()).item())
-
-
 def _raw_table(rows):
     from prefdata.schemas import conform
 
     return conform("pairs", rows.to_arrow())
 
 
-def _trl_table(rows, conversational: bool, keep_provenance: bool):
-    """prompt/chosen/rejected (+ provenance) as an Arrow table with an explicit schema."""
+def _trl_table(rows, conversational: bool, keep_provenance: bool, reference: bool):
+    """prompt/chosen/rejected (+ TRL's reference columns, + provenance) as an Arrow table with an
+    explicit schema."""
     import polars as pl
     import pyarrow as pa
 
@@ -139,18 +191,48 @@ def _trl_table(rows, conversational: bool, keep_provenance: bool):
             pl.when(has_chat).then(pl.col("messages")).otherwise(turn("user", "prompt")).alias("prompt"),
             turn("assistant", "chosen").alias("chosen"),
             turn("assistant", "rejected").alias("rejected"),
+            *(pl.col(ours).alias(theirs) for ours, theirs in TRL_REF.items() if reference),
             *(pl.col(c) for c in PROVENANCE if keep_provenance),
         )
         text_type = pa.list_(message)
     else:
-        frame = rows.select("prompt", "chosen", "rejected", *(c for c in PROVENANCE if keep_provenance))
+        frame = rows.select("prompt", "chosen", "rejected",
+                            *(pl.col(ours).alias(theirs) for ours, theirs in TRL_REF.items() if reference),
+                            *(c for c in PROVENANCE if keep_provenance))
         text_type = pa.string()
     pairs_schema = schema("pairs")
     fields = [pa.field(c, text_type, nullable=False) for c in ("prompt", "chosen", "rejected")]
+    if reference:
+        fields += [pa.field(theirs, pa.float64(), nullable=False) for theirs in TRL_REF.values()]
     if keep_provenance:
         fields += [pairs_schema.field(c) for c in PROVENANCE]
     target = pa.schema(fields)
     # Polars hands out large_string / large_list; cast to the declared (plain) types.
+    return frame.to_arrow().select(target.names).cast(target)
+
+
+def _implicit_table(rows, keep_provenance: bool):
+    """chosen/rejected as whole dialogues: the prompt (its chat turns when it has them) framed
+    by the Human/Assistant markers, then one space and the response."""
+    import polars as pl
+    import pyarrow as pa
+
+    from prefdata.schemas import schema
+
+    el = pl.element().struct
+    turns = pl.col("messages").list.eval(pl.concat_str(
+        pl.when(el.field("role") == "assistant").then(pl.lit(ASSISTANT)).otherwise(pl.lit(HUMAN)),
+        pl.lit(" "), el.field("content").fill_null(""))).list.join("")
+    framed = (pl.when(pl.col("prompt").str.ends_with(ASSISTANT)).then(pl.col("prompt"))
+              .when(pl.col("messages").list.len().fill_null(0) > 0).then(turns + pl.lit(ASSISTANT))
+              .otherwise(pl.lit(HUMAN + " ") + pl.col("prompt") + pl.lit(ASSISTANT)))
+    frame = rows.select((framed + " " + pl.col("chosen")).alias("chosen"),
+                        (framed + " " + pl.col("rejected")).alias("rejected"),
+                        *(pl.col(c) for c in PROVENANCE if keep_provenance))
+    fields = [pa.field(c, pa.string(), nullable=False) for c in ("chosen", "rejected")]
+    if keep_provenance:
+        fields += [schema("pairs").field(c) for c in PROVENANCE]
+    target = pa.schema(fields)
     return frame.to_arrow().select(target.names).cast(target)
 
 

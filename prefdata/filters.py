@@ -11,8 +11,10 @@ Two levels use the same machinery:
 - candidate rules (one row per candidate): empty, truncated, over_budget,
   unscored, duplicate; their counts are candidates;
 - pair rules (one row per prompt, chosen_* / rejected_* columns): no_<origin>,
-  reference_incorrect, uniform, tie, inverted, below_margin, same_text; their
-  counts are prompts.
+  reference_incorrect, uniform, tie, inverted, below_margin, same_text (and
+  contaminated, from `prefdata.hygiene`); their counts are prompts.
+`prefdata.hygiene` also applies ``contaminated`` and ``near_duplicate`` to the
+source's prompts (one row per prompt) before generation.
 
 >>> import polars as pl
 >>> df = pl.DataFrame({"prompt_id": ["p", "p", "p"], "origin": ["policy"] * 3,

@@ -32,7 +32,7 @@ from prefdata.errors import PrefdataError
 from prefdata.schemas import TABLES, empty
 from prefdata.store import Workspace
 
-OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+OUTPUT_FORMATS = ("table", "csv", "json", "jsonl", "parquet")  # json and jsonl: JSON Lines
 
 
 def _sql_string(text: str) -> str:
@@ -186,6 +186,46 @@ def output_path(ws: Workspace, output: str | Path) -> Path:
     return target
 
 
+def check_result_fits(table: pa.Table, fmt: str) -> None:
+    """Refuse, naming the column, a result the output format cannot hold: duplicate column
+    names (any file format), nested columns in CSV, union/interval/map columns in JSON,
+    union/interval columns in Parquet."""
+    seen = set()
+    for name in table.column_names:
+        if name in seen:
+            raise PrefdataError(f"the result has two columns named {name!r}, which {fmt} output cannot hold",
+                                "give each column its own name with AS, e.g. SELECT a.x AS x1, b.x AS x2")
+        seen.add(name)
+    if fmt == "csv":
+        cannot = lambda t: pa.types.is_nested(t) or _holds(t, _no_json)  # noqa: E731
+        fix = "use --format json or parquet, or flatten it in SQL (e.g. to_json(col) or unnest(col))"
+    elif fmt in ("json", "jsonl"):
+        cannot = lambda t: _holds(t, _no_json)  # noqa: E731
+        fix = "cast it in SQL, e.g. CAST(col AS VARCHAR)"
+    else:
+        cannot = lambda t: _holds(t, _no_parquet)  # noqa: E731
+        fix = "cast it in SQL, e.g. CAST(col AS VARCHAR)"
+    for field in table.schema:
+        if cannot(field.type):
+            raise PrefdataError(f"column {field.name!r} is of type {field.type}, which {fmt} output cannot hold", fix)
+
+
+def _no_parquet(t: pa.DataType) -> bool:
+    return pa.types.is_union(t) or pa.types.is_interval(t)
+
+
+def _no_json(t: pa.DataType) -> bool:
+    return _no_parquet(t) or pa.types.is_map(t)
+
+
+
+def _holds(t: pa.DataType, bad) -> bool:
+    """Whether `t` or any type nested in it is one `bad` says yes to."""
+    if bad(t):
+        return True
+    return any(_holds(t.field(i).type, bad) for i in range(t.num_fields))
+
+
 def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
     """Write a query result as csv, json (JSON Lines) or parquet; returns text for stdout, if any.
 
@@ -195,6 +235,8 @@ def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
 
     if fmt not in OUTPUT_FORMATS:
         raise PrefdataError(f"unknown output format {fmt!r}", f"use one of: {', '.join(OUTPUT_FORMATS)}")
+    if fmt != "table":
+        check_result_fits(table, fmt)
     if fmt == "parquet" and output is None:
         raise PrefdataError("--format parquet needs a file", "add --output result.parquet")
     import polars as pl
@@ -207,8 +249,8 @@ def write_result(table: pa.Table, fmt: str, output: Path | None) -> str | None:
             text = format_text_table(table) + "\n"
         else:
             frame = pl.from_arrow(table)
-            text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()
-    except (pa.ArrowException, pl.exceptions.PolarsError) as err:  # e.g. an INTERVAL column, nested CSV
+            text = frame.write_csv() if fmt == "csv" else frame.write_ndjson()  # json and jsonl
+    except (pa.ArrowException, pl.exceptions.PolarsError) as err:  # what check_result_fits did not foresee
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PrefdataError(f"cannot write the result as {fmt}: {first}",
                             "cast that column in the query (e.g. CAST(col AS VARCHAR)) or pick another --format"

@@ -19,6 +19,8 @@ not two. What is scored, and how:
 
 The training loop uses the same functions (with gradients), so reference and
 policy log-probs are computed identically and the DPO margin starts at zero.
+By default a pair's prompt is computed once for both responses (shared-prefix
+packing, prefdata.train.packing; `shared_prefix=False` for the layout above).
 
 >>> summary = score_pairs(ws, "prefdata/toy/weights/policy")  # doctest: +SKIP
 >>> summary["rows_scored"]                                     # doctest: +SKIP
@@ -29,14 +31,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from prefdata.errors import PrefdataError
-
-if TYPE_CHECKING:
-    import torch
+from prefdata.logprobs import Packed, pack, packed_batch, sequence_logps  # noqa: F401  (this module's API too)
 
 # -- model loading and identity -----------------------------------------------------------------
 def model_hash(path: str | Path) -> str:
@@ -64,7 +63,7 @@ def load_model(path: str | Path, device=None, *, trust_remote_code: bool = False
 
     from prefdata.generate.model import validate_model_dir
 
-    path = validate_model_dir(path, allow_pickle=allow_pickle)
+    path = validate_model_dir(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=not allow_pickle,
@@ -112,125 +111,6 @@ def completion_ids(tokenizer, response: str) -> list[int]:
     return encode_completions(tokenizer, [response])[0]
 
 
-# -- packing ------------------------------------------------------------------------------------
-def pack(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows of at most `row_tokens` tokens.
-
-    Longest first, first fit; a sequence longer than `row_tokens` gets a row of
-    its own. Deterministic for equal input.
-
-    >>> pack([5, 3, 4, 2], 8)
-    [[0, 1], [2, 3]]
-    """
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(row_tokens - lengths[i])
-    return rows
-
-
-@dataclass
-class Packed:
-    """Sequences laid out in rows: inputs for the model body, and where the completion targets are."""
-
-    input_ids: torch.Tensor      # (rows, length) long
-    position_ids: torch.Tensor   # (rows, length) long; restarts at 0 for each sequence
-    source: torch.Tensor         # (n_targets,) flat index into rows*length of the predicting position
-    targets: torch.Tensor        # (n_targets,) token id predicted there
-    segment: torch.Tensor        # (n_targets,) which input sequence the target belongs to
-    counts: torch.Tensor         # (n_sequences,) completion tokens per sequence
-    n_sequences: int
-
-
-def packed_batch(sequences: Sequence[tuple[list[int], list[int]]], row_tokens: int,
-                 pad_id: int, device=None) -> Packed:
-    """Pack (prompt_ids, completion_ids) sequences into one model input.
-
-    Padding (only at the end of rows shorter than the longest row) gets its own
-    position run 0..k, so it is a separate block that nothing attends to.
-    """
-    import torch
-
-    lengths = [len(p) + len(c) for p, c in sequences]
-    rows = pack(lengths, row_tokens)
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    source, targets, segment = [], [], []
-    for r, row in enumerate(rows):
-        at = 0
-        for i in row:
-            prompt, completion = sequences[i]
-            n = lengths[i]
-            ids[r, at:at + n] = torch.tensor(prompt + completion)
-            pos[r, at:at + n] = torch.arange(n)
-            # The token at offset len(prompt)+j is predicted by the hidden state one before it.
-            first = r * width + at + len(prompt) - 1
-            source.extend(range(first, first + len(completion)))
-            targets.extend(completion)
-            segment.extend([i] * len(completion))
-            at += n
-        pos[r, at:] = torch.arange(width - at)
-    counts = torch.tensor([len(c) for _, c in sequences], dtype=torch.long)
-    as_long = dict(dtype=torch.long, device=device)
-    return Packed(ids.to(device), pos.to(device), torch.tensor(source, **as_long),
-                  torch.tensor(targets, **as_long), torch.tensor(segment, **as_long),
-                  counts.to(device), len(sequences))
-
-
-# -- log-probs ----------------------------------------------------------------------------------
-def _chunk_logps(hidden, weight, bias, targets, softcap):
-    """log p(target) for a chunk of positions; fp32 even under autocast (bf16 logits lose ~0.1 nats)."""
-    import torch
-
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
-        logits = hidden.float() @ weight.float().T
-        if bias is not None:
-            logits = logits + bias.float()
-        if softcap:  # Gemma-2 style final logit soft-capping
-            logits = softcap * torch.tanh(logits / softcap)
-        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
-
-
-def sequence_logps(model, batch: Packed, chunk_positions: int = 1024):
-    """Summed completion log-prob per sequence, shape (n_sequences,), fp64.
-
-    Token log-probs are fp32; their sum is fp64 because an 8k-token response sums
-    to thousands of nats, where fp32 rounding alone is ~1e-3.
-
-    Differentiable when grad is enabled: each chunk is checkpointed, so backward
-    recomputes its logits instead of keeping (completion tokens x vocab) alive.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    hidden = model.base_model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                              use_cache=False).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.source)
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    scale = getattr(model.config, "logits_scaling", None) or 1.0  # Granite divides logits
-    pieces = []
-    for start in range(0, hidden.shape[0], chunk_positions):
-        h = hidden[start:start + chunk_positions] / scale
-        t = batch.targets[start:start + chunk_positions]
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logps, h, head.weight, head.bias, t, softcap,
-                                     use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(h, head.weight, head.bias, t, softcap))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(batch.n_sequences, dtype=torch.float64, device=token_logps.device)
-    return sums.index_add(0, batch.segment, token_logps.double())
-
-
 def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[int]]],
                     batch_tokens: int = 4096, chunk_positions: int = 1024, bf16: bool = False,
                     on_batch: Callable[[int], None] | None = None) -> list[float]:
@@ -273,6 +153,21 @@ def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[
 
 
 # -- the stage ----------------------------------------------------------------------------------
+def _fits_context(prompts, chosen, rejected, context: int | None, dropped: dict) -> list[bool]:
+    """Per pair: do prompt + chosen and prompt + rejected both fit `context` tokens? Counts the
+    misfits in `dropped`: prompt_too_long (the prompt alone fills it), too_long (with a response)."""
+    if context is None:
+        return [True] * len(prompts)
+    fits = []
+    for p, c, r in zip(prompts, chosen, rejected):
+        if len(p) >= context:
+            dropped["prompt_too_long"] += 1
+        elif len(p) + max(len(c), len(r)) > context:
+            dropped["too_long"] += 1
+        fits.append(len(p) + max(len(c), len(r)) <= context)
+    return fits
+
+
 def _fill(table, rows: list[int], values: dict[str, list]):
     """`table` with column `name` replaced by `values[name]` at `rows` (in order), kept elsewhere."""
     import numpy as np
@@ -291,7 +186,7 @@ def _fill(table, rows: list[int], values: dict[str, list]):
 
 def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_tokens: int = 4096,
                 chunk_positions: int = 1024, device: str | None = None, bf16: bool | None = None,
-                progress: Callable[[str], None] | None = None) -> dict:
+                progress: Callable[[str], None] | None = None, shared_prefix: bool = True) -> dict:
     """Fill the reference log-prob columns of the pairs table under the model at `model_path`.
 
     Each pairs part is rewritten atomically with `ref_chosen_logp`,
@@ -303,17 +198,22 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
     `dataset` limits scoring to rows of that dataset (other rows are kept as
     they are). `bf16` (default: on when on GPU) runs the body under bf16
     autocast exactly as training does, so the initial DPO margin is zero.
+    `shared_prefix` computes each pair's prompt once (prefdata.train.packing) where the
+    model's attention allows it; the log-probs equal the unshared ones up to float rounding.
     Returns a summary dict; the manifest records it under stage "score".
     """
     import pyarrow.parquet as pq
 
+    from prefdata.generate.model import context_length
     from prefdata.schemas import conform
+    from prefdata.train.packing import score_pairs_shared, supports_shared_prefix
 
     say = progress or (lambda _msg: None)
     ref_hash = model_hash(model_path)
     started = time.time()
     summary = {"model_path": str(model_path), "ref_model_hash": ref_hash, "dataset": dataset,
-               "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0}
+               "parts_scored": 0, "parts_skipped": 0, "rows_scored": 0,
+               "dropped": {"prompt_too_long": 0, "too_long": 0}}
     with ws.writer():
         model = tokenizer = None
         known: set[str] = set()
@@ -336,23 +236,46 @@ def score_pairs(ws, model_path: str | Path, dataset: str | None = None, batch_to
             prompts = encode_prompts(tokenizer, sub["prompt"].to_pylist(), sub["messages"].to_pylist())
             chosen = encode_completions(tokenizer, sub["chosen"].to_pylist())
             rejected = encode_completions(tokenizer, sub["rejected"].to_pylist())
-            sums = score_sequences(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)),
-                                   batch_tokens, chunk_positions, use_bf16)
-            n = len(rows)
+            # Past the model's context its log-probs mean nothing: such pairs keep null log-probs
+            # (the hash says they were looked at) and are counted; training leaves them out.
+            fits = _fits_context(prompts, chosen, rejected, context_length(model_path), summary["dropped"])
+            live = [i for i, ok in enumerate(fits) if ok]
+            if shared_prefix and supports_shared_prefix(model):
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                triples = [(prompts[i], chosen[i], rejected[i]) for i in live]
+                sums = sum(score_pairs_shared(model, pad, triples, batch_tokens, chunk_positions, use_bf16), [])
+            else:
+                sums = score_sequences(model, tokenizer, [(prompts[i], chosen[i]) for i in live]
+                                       + [(prompts[i], rejected[i]) for i in live],
+                                       batch_tokens, chunk_positions, use_bf16)
+            n, k = len(rows), len(live)
+            c_sum, r_sum = [None] * n, [None] * n
+            for j, i in enumerate(live):
+                c_sum[i], r_sum[i] = sums[j], sums[k + j]
             c_len, r_len = [len(c) for c in chosen], [len(r) for r in rejected]
             table = _fill(table, rows, {
-                "ref_chosen_logp": sums[:n], "ref_rejected_logp": sums[n:],
-                "ref_chosen_logp_mean": [v / k for v, k in zip(sums[:n], c_len)],
-                "ref_rejected_logp_mean": [v / k for v, k in zip(sums[n:], r_len)],
+                "ref_chosen_logp": c_sum, "ref_rejected_logp": r_sum,
+                "ref_chosen_logp_mean": [None if v is None else v / t for v, t in zip(c_sum, c_len)],
+                "ref_rejected_logp_mean": [None if v is None else v / t for v, t in zip(r_sum, r_len)],
                 "chosen_tokens": c_len, "rejected_tokens": r_len, "ref_model_hash": [ref_hash] * n})
             key = path.name[len("part-"):-len(".parquet")]
             ws.write_part("pairs", key, table)
             summary["parts_scored"] += 1
-            summary["rows_scored"] += n
-            say(f"scored {n} pairs in part {key}")
+            summary["rows_scored"] += k
+            say(f"scored {k} pairs in part {key}" + (f", {n - k} too long for the model's context" if n > k else ""))
         if dataset is not None and dataset not in known:
             raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
                                 f"choose one of: {', '.join(sorted(known))}" if known else "build pairs first")
         summary["seconds"] = round(time.time() - started, 3)
         ws.write_manifest("score", {k: v for k, v in summary.items() if k != "seconds"})
     return summary
+
+
+def format_score_summary(summary: dict) -> str:
+    """One readable line: what was scored, what was left out and why."""
+    dropped = ", ".join(f"{k}={v}" for k, v in summary.get("dropped", {}).items() if v)
+    what = f"dataset {summary['dataset']}" if summary.get("dataset") else "all datasets"
+    return (f"scored {summary['rows_scored']} pairs of {what} under {summary['model_path']} "
+            f"(ref_model_hash {summary['ref_model_hash']}); {summary['parts_skipped']} parts already scored"
+            + (f"; left unscored (past the model's context): {dropped}" if dropped else "")
+            + f"; {summary.get('seconds', 0)} s")

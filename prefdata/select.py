@@ -25,14 +25,22 @@ by prompt, in numpy. The rules:
   prompt from numpy's PCG64(seed), in prompt_id order over the prompts that
   have one: reproducible for a given seed and input;
 - a pair is kept only with margin > 0 and margin >= min_margin, and with
-  chosen text != rejected text (whitespace-normalised).
+  chosen text != rejected text (whitespace-normalised);
+- a prompt is set aside whole when a candidate of the scenario's origins has a failed
+  judgment (``judge_failed``: parse_error or timeout), or, for judges that read the text
+  (llm, reward model; ``screen_injection``), a response that addresses the judge
+  (``suspect_injection``, `prefdata.injection`): pairing the rest would let that
+  candidate escape the rejected side;
+- with ``decontaminate_chosen``, a pair whose chosen response shares an n-gram
+  with an evaluation item is dropped as ``contaminated`` (`prefdata.hygiene`;
+  the build drops contaminated and near-duplicate prompts before generation).
 
 Drop counts: candidate reasons count candidates, pair reasons count prompts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -42,6 +50,8 @@ import pyarrow as pa
 from prefdata import filters as F
 from prefdata import pairing as P
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, between, check_instance, one_of
+from prefdata.injection import suspect_injection
 
 KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
 # scenario -> ((chosen origin, pick), (rejected origin, pick)); "other" follows cfg.other_pick
@@ -54,19 +64,37 @@ REQUIRED = ("prompt_id", "prompt", "candidate_id", "origin", "text", "score", "j
 
 @dataclass(frozen=True)
 class SelectConfig:
-    min_margin: float = 0.0  # keep margin >= min_margin (and always margin > 0)
-    max_tokens: int | None = None  # budget on token_column (prompt + response, training template)
+    min_margin: float = field(default=0.0, metadata=at_least(0))  # keep margin >= min_margin (and always margin > 0)
+    # budget on token_column (prompt + response, training template)
+    max_tokens: int | None = field(default=None, metadata=at_least(1))
     token_column: str = "train_tokens"
     drop_truncated: bool = True  # finish_reason == "length"
     dedupe: bool = True  # same prompt + origin + normalised text
     unscored_score: float | None = None  # None: drop unscored candidates; else give them this score
-    uniform_by: str = "correct"  # "correct" | "score": what makes a prompt uniformly good/bad
+    # "correct" | "score": what makes a prompt uniformly good/bad
+    uniform_by: str = field(default="correct", metadata=one_of("correct", "score"))
     uniform_scenarios: tuple[int, ...] = (1,)  # where the MATH* filter applies (on-policy selection)
-    other_pick: str = "worst"  # "worst" | "random": which other-model sample is rejected (3, 4)
-    seed: int = 0  # for other_pick="random" and the random pairing
-    pairing: str = "best_vs_worst"  # a `prefdata.pairing` strategy
-    max_pairs_per_prompt: int = 4  # pairing="all_pairs": the largest margins of each prompt
+    # "worst" | "random": which other-model sample is rejected (3, 4)
+    other_pick: str = field(default="worst", metadata=one_of("worst", "random"))
+    seed: int = field(default=0, metadata=at_least(0))  # for other_pick="random" and the random pairing
+    pairing: str = field(default="best_vs_worst", metadata=one_of(*P.PAIRINGS))  # a `prefdata.pairing` strategy
+    # pairing="all_pairs": the largest margins of each prompt
+    max_pairs_per_prompt: int = field(default=4, metadata=at_least(1))
     dataset: str | None = None  # default "scenario<N>"
+    # "auto": on for judges that read the response as text (llm, reward model), off for the verifier
+    screen_injection: str = field(default="auto", metadata=one_of("auto", "on", "off"))
+    # data hygiene (prefdata.hygiene): evaluation sets in [source] syntax (a string: its test split);
+    # prompts sharing a decontaminate_n-word run with one, or with a held-out prompt, are dropped
+    # before generation (reason contaminated), as are pairs whose chosen response does, if
+    # decontaminate_chosen; near-duplicate prompts (MinHash Jaccard >= threshold) are collapsed to one
+    decontaminate: tuple[str | dict, ...] = ()
+    decontaminate_n: int = field(default=13, metadata=at_least(1))
+    decontaminate_chosen: bool = False
+    near_duplicates: bool = True
+    near_duplicate_threshold: float = field(default=0.8, metadata=between(0, 1, lo_open=True))
+
+    def __post_init__(self):
+        check_instance(self)
 
 
 def strategy_name(scenario: int, cfg: SelectConfig) -> str:
@@ -152,6 +180,8 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
                             "add token counts with filters.add_token_counts first")
     if cfg.other_pick not in ("worst", "random"):
         raise PrefdataError(f"other_pick {cfg.other_pick!r} is unknown", "use worst or random")
+    if cfg.screen_injection not in ("auto", "on", "off"):
+        raise PrefdataError(f"select.screen_injection {cfg.screen_injection!r} is unknown", "use auto, on or off")
     P.check(cfg.pairing, scenario, ROLES[scenario][1][1] or cfg.other_pick, cfg.max_pairs_per_prompt)
     names = df["judge_name"]
     if names.len() and ((names != names.first()).any() or 0 < names.null_count() < names.len()):
@@ -176,9 +206,13 @@ def candidate_rules(cfg: SelectConfig, origins: tuple[str, ...] = ("policy", "ot
     return rules
 
 
-def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
+def pair_rules(scenario: int, cfg: SelectConfig, eval_index=None) -> list[F.Rule]:
     (c_origin, _), (r_origin, _) = ROLES[scenario]
-    rules = [(f"no_{c_origin}", F.is_missing("chosen")), (f"no_{r_origin}", F.is_missing("rejected"))]
+    # First: a prompt whose candidates could not all be judged, or one of which talks to the
+    # judge, has no trustworthy best or worst; pairing the rest would let the failed one
+    # escape (an injected response that broke the judge is never picked as the rejected side).
+    rules = [("judge_failed", pl.col("_judge_failed")), ("suspect_injection", pl.col("_suspect_injection"))]
+    rules += [(f"no_{c_origin}", F.is_missing("chosen")), (f"no_{r_origin}", F.is_missing("rejected"))]
     if c_origin == "reference":
         rules.append(("reference_incorrect", F.is_reference_incorrect()))
     if scenario in cfg.uniform_scenarios:
@@ -187,6 +221,10 @@ def pair_rules(scenario: int, cfg: SelectConfig) -> list[F.Rule]:
     if cfg.min_margin > 0:
         rules.append(("below_margin", F.is_below_margin(cfg.min_margin)))
     rules.append(("same_text", F.is_same_text(hashes=("chosen__nhash", "rejected__nhash"))))
+    if cfg.decontaminate_chosen and eval_index is not None:  # last: only surviving pairs are tokenised
+        from prefdata.hygiene.stage import chosen_rule
+
+        rules.append(("contaminated", chosen_rule(eval_index)))
     return rules
 
 
@@ -260,9 +298,37 @@ def _policy_stats(df: pl.DataFrame, policy: np.ndarray, g_all: np.ndarray, score
     return stats
 
 
-def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
-                 cfg: SelectConfig = SelectConfig()) -> tuple[pl.DataFrame, dict[str, int]]:
+FAILED_STATUSES = ("parse_error", "timeout")  # the judge could not give a verdict (not the response's fault)
+
+
+def _screens(cfg: SelectConfig, judge_name: str) -> bool:
+    if cfg.screen_injection == "auto":
+        return bool(judge_name) and judge_name != "verifier"
+    return cfg.screen_injection == "on"
+
+
+def _untrusted_prompts(df: pl.DataFrame, origins: tuple[str, ...], first_rows: np.ndarray,
+                       screen: bool) -> dict[str, np.ndarray]:
+    """Per prompt: has a candidate of the scenario's origins a failed judgment
+    (``_judge_failed``), or a text that addresses the judge (``_suspect_injection``)?"""
+    in_play = df["origin"].is_in(list(origins)).fill_null(False)
+    failed = in_play & (df["status"].is_in(list(FAILED_STATUSES)).fill_null(False)
+                        if "status" in df.columns else False)
+    suspect = (in_play & df.select(suspect_injection()).to_series()) if screen else in_play & False
+    out = {}
+    for name, mask in (("_judge_failed", failed), ("_suspect_injection", suspect)):
+        mask = mask.to_numpy()
+        out[name] = (np.add.reduceat(mask, first_rows) > 0 if len(first_rows)
+                     else np.zeros(0, bool))
+    return out
+
+
+def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConfig = SelectConfig(),
+                 eval_index=None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Pairs (pairs-schema columns, sorted by prompt_id) and drop counts per reason.
+
+    ``eval_index`` (a `prefdata.hygiene.decontaminate.NgramIndex`) is what
+    ``cfg.decontaminate_chosen`` checks chosen responses against.
 
     >>> cands = pl.DataFrame({"prompt_id": ["p"] * 3, "prompt": ["1+1?"] * 3, "judge_name": ["verifier"] * 3,
     ...     "candidate_id": ["a", "b", "c"], "origin": ["policy"] * 3, "score": [1.0, 0.0, 1.0],
@@ -305,7 +371,8 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         rows = np.flatnonzero(of_origin(name))
         return rows, g_all[rows], score_all[rows]
 
-    columns = {"_g": np.arange(n_groups), "_first_row": first_rows}
+    columns = {"_g": np.arange(n_groups), "_first_row": first_rows,
+               **_untrusted_prompts(df, (c_origin, r_origin), first_rows, _screens(cfg, judge_name))}
     if cfg.pairing == "all_pairs":  # several pairs per prompt: one row per pair, the prompt's columns gathered
         rows, g, score = candidates_of(c_origin)
         pairs_of = P.all_ordered_pairs(g, rows, score, df["candidate_id"].gather(rows))
@@ -327,7 +394,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int,
         (pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"),
         *[df[col].gather(frame[f"{side}_row"]).alias(f"{side}_{col}")
           for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text", "_nhash")])
-    frame = F.mark(frame, pair_rules(scenario, cfg))
+    frame = F.mark(frame, pair_rules(scenario, cfg, eval_index))
     if cfg.pairing == "all_pairs":
         frame = F.mark(frame, [("over_cap", P.is_over_cap(cfg.max_pairs_per_prompt))])
     counts.update(F.drop_counts(frame))

@@ -22,6 +22,7 @@ on disk, so a crash between a part and the manifest loses nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -37,9 +38,11 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefdata import __version__
+from prefdata import __version__, pause
 from prefdata.errors import PrefdataError, WorkspaceLocked
+from prefdata.paths import check_writable_file
 from prefdata.schemas import SCHEMA_VERSION, TABLES, conform, empty, schema
+from prefdata.store_errors import parse_manifest, storage_error
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -65,30 +68,43 @@ def _temp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
+    check_writable_file(path)
     tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        pause.point(f"write:{path.name}")  # crash tests stop here: the temp file complete, not yet renamed
         os.replace(tmp, path)
-    except BaseException:  # a failed write leaves the old file and no temp file behind
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        _discard(tmp)  # a full disk must not leave half a file behind
         raise
     fsync_dir(path.parent)
+    pause.point(f"wrote:{path.name}")
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    check_writable_file(path)
     tmp = _temp_path(path)
     try:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        pause.point(f"write:{path.parent.name}")  # a part's name is its table folder's
         os.replace(tmp, path)
-    except BaseException:  # e.g. a type Parquet cannot store: the old file stays, the temp goes
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        _discard(tmp)
         raise
     fsync_dir(path.parent)
+    pause.point(f"wrote:{path.parent.name}")
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -137,11 +153,17 @@ def _check_entry(path: Path, directory: bool) -> None:
         raise PrefdataError(f"{path} is not a {kind}", "remove it from the workspace")
 
 
-def _may_precede_manifest(name: str) -> bool:
+def _may_precede_manifest(name: str, has_tables: bool) -> bool:
     """What a build killed before its first manifest write can leave: table folders, the lock,
-    and the manifest writer's temp file (removed when the writer lock is next taken)."""
+    the model-library log folder (`prefdata.logs`), and the manifest writer's temp file (removed when the writer lock is next taken). A workspace
+    whose damaged manifest was moved aside also holds its card and training runs."""
     temp = _TEMP_NAME.fullmatch(name)
-    return name in TABLES or name == LOCK or (temp is not None and temp["name"] == MANIFEST)
+    return (name in TABLES or name in (LOCK, "logs") or (temp is not None and temp["name"] == MANIFEST)
+            or (has_tables and name in ("README.md", "runs")))
+
+
+# (path, inode, size, mtime_ns) -> (rows, sha256) of parts this process has measured.
+_PART_FACTS: dict[tuple, tuple[int, str]] = {}
 
 
 class Workspace:
@@ -160,12 +182,13 @@ class Workspace:
         if root.exists() and not root.is_dir():
             raise PrefdataError(f"workspace path {root} is a file, not a directory",
                                 "choose a directory path for the workspace")
-        if root.is_dir() and (root / MANIFEST).exists():
+        if root.is_dir() and os.path.lexists(root / MANIFEST):
             ws = cls.open(root)
             if not exist_ok:
                 raise PrefdataError(f"workspace {root} already exists", "pick a new path")
             return ws
-        if root.is_dir() and any(p for p in root.iterdir() if not _may_precede_manifest(p.name)):
+        has_tables = any((root / t).is_dir() for t in TABLES)
+        if root.is_dir() and any(p for p in root.iterdir() if not _may_precede_manifest(p.name, has_tables)):
             raise PrefdataError(f"{root} is a non-empty directory that is not a prefdata workspace",
                                 "choose an empty or new directory for the workspace")
         try:
@@ -204,11 +227,16 @@ class Workspace:
             yield self
             return
         path = self.root / LOCK
+        if path.is_dir() and not path.is_symlink():
+            raise WorkspaceLocked(f"{path} is a directory, not prefdata's lock file",
+                                  f"if no prefdata build is running on {self.root}, remove it (rmdir {path})")
         try:  # O_NOFOLLOW: a planted .lock symlink must not get its target truncated
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
-            raise PrefdataError(f"cannot open the lock file {path}: {err.strerror}",
-                                "it must be a regular file (not a symbolic link); remove it and retry") from None
+            if err.errno == errno.ELOOP:
+                raise PrefdataError(f"cannot open the lock file {path}: it is a symbolic link",
+                                    "it must be a regular file; remove it and retry") from None
+            raise (storage_error(err, self.root) or err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -220,13 +248,23 @@ class Workspace:
         match = re.search(r"pid (\d+) on (\S+)", previous)
         if match and match.group(2) == socket.gethostname() and not _pid_alive(int(match.group(1))):
             self.recovered_lock_from = int(match.group(1))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%FT%T')}".encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%FT%T')}".encode(), 0)
+            os.fsync(fd)
+        except OSError as err:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise (storage_error(err, self.root) or err) from None
         self._lock_fd = fd
         try:
             self.removed_temp_files = self._remove_stale_temp_files()
             yield self
+        except OSError as err:  # a full disk or read-only mount met by any write under the lock
+            known = storage_error(err, self.root)
+            if known is None:
+                raise
+            raise known from None
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -311,34 +349,30 @@ class Workspace:
 
     # -- manifest --------------------------------------------------------------
     def manifest(self) -> dict:
+        """The manifest as a dict ({} before the first one), or a one-line error naming a damaged file."""
         path = self.root / MANIFEST
         _check_entry(path, directory=False)
-        if not path.exists():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise PrefdataError(f"{path} is not valid JSON",
-                                "restore it, or delete it and re-run the build to re-derive it") from None
+        return parse_manifest(path)
 
     def write_manifest(self, stage: str | None = None, config: dict | None = None) -> dict:
-        """Re-derive the manifest from the parts on disk and write it (last)."""
+        """Re-derive the manifest from the parts on disk and write it (last).
+
+        Counts and hashes come from the parts themselves, never from the old manifest, so a
+        hand-edited manifest does not survive a rebuild. Hashes are cached per process by
+        (inode, size, mtime): a build hashes each part it did not write itself once."""
         self._require_writer()
         old = self.manifest()
-        old_parts = {t: old.get("tables", {}).get(t, {}).get("parts", {}) for t in TABLES}
         tables = {}
         for table in TABLES:
             parts = {}
             for path in self.parts(table):
                 stat = path.stat()
-                known = old_parts[table].get(path.name, {})
-                same = known.get("bytes") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns
-                parts[path.name] = {
-                    "rows": known["rows"] if same else _readable(path, pq.read_metadata).num_rows,
-                    "bytes": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns,
-                    "sha256": known["sha256"] if same else _sha256_file(path),
-                }
+                stamp = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                if stamp not in _PART_FACTS:
+                    _PART_FACTS[stamp] = (_readable(path, pq.read_metadata).num_rows, _sha256_file(path))
+                rows, digest = _PART_FACTS[stamp]
+                parts[path.name] = {"rows": rows, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                    "sha256": digest}
             tables[table] = {"rows": sum(p["rows"] for p in parts.values()), "parts": parts}
         stages = dict(old.get("stages", {}))
         if stage:

@@ -27,6 +27,7 @@ from typing import Callable
 
 from prefdata.config import SCENARIOS, build_config, resolve_model, scenario_pipeline, set_path
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, check_instance, one_of
 
 STUDY_LOSSES = ("dpo", "flex_dpo", "dpo_sft")
 # two-sided 95% Student-t quantiles by degrees of freedom; the normal 1.96 beyond 30
@@ -39,28 +40,29 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 class StudyConfig:
     """The study's settings; the training recipe (lr, beta, epochs) comes from the sweep in docs/study.md."""
 
-    limit: int = 256          # training prompts per scenario build
-    n: int = 8                # policy samples per prompt (the study's N)
-    m: int = 4                # other-model samples per prompt
-    heldout: int = 256        # held-out (test split) prompts for accuracy
-    backend: str = "auto"
+    limit: int = field(default=256, metadata=at_least(1))  # training prompts per scenario build
+    n: int = field(default=8, metadata=at_least(1))  # policy samples per prompt (the study's N)
+    m: int = field(default=4, metadata=at_least(1))  # other-model samples per prompt
+    heldout: int = field(default=256, metadata=at_least(1))  # held-out (test split) prompts for accuracy
+    backend: str = field(default="auto", metadata=one_of("auto", "vllm", "transformers", "openai"))
     policy_model: str = "toy:policy"
     other_model: str = "toy:other"
     losses: tuple[str, ...] = ("dpo",)
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata=at_least(0, open=True))
     beta_rejected: float = 0.05   # flex_dpo's rejected-side beta (beta for the chosen side)
     sft_weight: float = 1.0       # dpo_sft's alpha
-    lr: float = 1e-5
-    epochs: int = 1
-    batch_size: int = 8
-    eval_every: int = 5
-    generate_batch: int = 256     # held-out prompts decoded at once (the toy model is tiny)
+    lr: float = field(default=1e-5, metadata=at_least(0, open=True))
+    epochs: int = field(default=1, metadata=at_least(1))
+    batch_size: int = field(default=8, metadata=at_least(1))
+    eval_every: int = field(default=5, metadata=at_least(0))
+    generate_batch: int = field(default=256, metadata=at_least(1))  # held-out prompts decoded at once
     seeds: tuple[int, ...] = (0,)
     scenarios: tuple[int, ...] = SCENARIOS
     pairing: str = "best_vs_worst"  # scenario 1's pairing strategy (prefdata.pairing)
     select: dict = field(default_factory=dict)  # other [select] fields for every build
 
     def __post_init__(self):
+        check_instance(self)  # before the first build: a bad --lr must not cost hours of builds
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise PrefdataError(f"seeds {list(self.seeds)} must be distinct and at least one", "e.g. --seeds 0,1,2")
         unknown = [x for x in self.losses if x not in STUDY_LOSSES]

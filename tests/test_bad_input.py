@@ -284,7 +284,7 @@ CASES = [
          (setup_sources,)),
     Case("build-toml-unknown-key", ("build", NEW_WS, "--config", "{tmp}/unknown-key.toml"), r"bogus",
          (setup_sources,)),
-    Case("build-zero-samples", ("build", NEW_WS, *SCN2, "--n", "0"), r"n=0"),
+    Case("build-zero-samples", ("build", NEW_WS, *SCN2, "--n", "0"), r"n = 0 \(--n\) is out of range"),
     Case("build-negative-temperature", ("build", NEW_WS, *SCN2, "--temperature", "-1"), r"temperature"),
     Case("build-two-modes", ("build", NEW_WS, "--scenario", "2", "--mix", "1=0.5,4=0.5"), r"exactly one"),
     # ---- build: models and judges ----
@@ -342,6 +342,10 @@ CASES = [
     Case("info-incompatible-schema", ("info", "{ws}"), r"schema version 999", (setup_manifest_future,)),
     Case("info-corrupted-part", ("info", "{ws}"), r"judge-a", (setup_corrupt_part,)),
     # ---- export ----
+    Case("check-missing-workspace", ("check", "{tmp}/nope"), r"no workspace at"),
+    Case("check-corrupted-part", ("check", "{ws}"), r"judge-a", (setup_corrupt_part,)),
+    Case("gc-missing-workspace", ("gc", "{tmp}/nope"), r"no workspace at"),
+    Case("gc-corrupted-manifest", ("gc", "{ws}"), r"not valid JSON", (setup_manifest_garbage,)),
     Case("export-output-is-a-file", ("export", "{ws}", "--out", "{tmp}/afile"), r"afile.*is a file",
          (setup_output_dir,)),
     Case("export-unknown-format", ("export", "{ws}", "--out", "{tmp}/out", "--format", "bogus"),
@@ -360,8 +364,8 @@ CASES = [
     Case("score-unknown-dataset", ("score", "{ws}", "--model", "{model}", "--dataset", "../nope"),
          r"nope"),
     # ---- train ----
-    Case("train-lr-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "nan"), r"lr=nan"),
-    Case("train-lr-inf", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "inf"), r"lr=inf"),
+    Case("train-lr-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "nan"), r"lr = nan \(--lr\) is not finite"),
+    Case("train-lr-inf", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--lr", "inf"), r"lr = inf \(--lr\) is not finite"),
     Case("train-beta-nan", ("train", "{ws}", "--scenario", "2", "--model", "{model}", "--beta", "nan"),
          r"beta"),
     Case("train-no-dataset", ("train", "{ws}", "--model", "{model}"), r"no dataset"),

@@ -31,6 +31,7 @@ from prefdata.build import build
 from prefdata.config import build_config, scenario_pipeline, set_path
 from prefdata.errors import PrefdataError
 from prefdata.store import Workspace
+from tests.sources.conftest import gsm8k_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT, N, M, MAX_TOKENS, HELDOUT = 12, 4, 2, 48, 4
@@ -38,11 +39,6 @@ ORIGINS = {1: ("policy", "policy"), 2: ("reference", "policy"), 3: ("policy", "o
 KINDS = {1: "on-policy", 2: "mixed", 3: "mixed", 4: "off-policy"}
 MIX = {1: 0.5, 4: 0.5}
 NO_PAIRS = "no pairs survived selection"
-
-
-def gsm8k_dir() -> Path:
-    env = os.environ.get("PREFDATA_GSM8K_DIR")
-    return Path(env) if env else (ROOT.parent / "shared" / "data" / "gsm8k").resolve()
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +202,7 @@ def test_card_and_manifest_name_the_model_hashes(built):
 
 
 def test_real_gsm8k_scenario_2(models, tmp_path):
-    data = gsm8k_dir()
-    if not (data / "test.jsonl").is_file():
-        pytest.fail(f"GSM8K not found at {data}; set PREFDATA_GSM8K_DIR")
+    data = gsm8k_dir()  # the real files beside the checkout, else tests/data/gsm8k's stand-in
     # A toy model answers GSM8K wrong, or not at all within the budget: a response with no
     # final answer counts as wrong (score 0, the rubric's "no final result"), not as unscored.
     raw = raw_config(models, 2, **{"source.path_or_name": str(data), "source.split": "test", "source.limit": 6,
@@ -223,7 +217,9 @@ def test_real_gsm8k_scenario_2(models, tmp_path):
     for p in ws.read("pairs").to_pylist():
         assert p["chosen_origin"] == "reference" and p["rejected_origin"] == "policy"
         assert p["chosen"] == prompts[p["prompt_id"]]["reference_solution"]
-        assert p["chosen"].rstrip().endswith("#### " + prompts[p["prompt_id"]]["reference_answer"])
+        # GSM8K writes big answers with commas ("#### 1,800"); the reference answer drops them
+        final = p["chosen"].rsplit("####", 1)[1].strip().replace(",", "")
+        assert final == prompts[p["prompt_id"]]["reference_answer"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -317,3 +313,18 @@ def test_cli_info_summarises_tables_scenarios_and_provenance(built, models):
         assert f"scenario={scenario}  kind={kind}" in done.stdout, done.stdout
     assert f"model_name={models['policy']}" in done.stdout and "judge_name=verifier" in done.stdout
     assert "stages done:" in done.stdout and "build:scenario2" in done.stdout
+
+
+def test_a_failed_build_leaves_a_workspace_that_info_describes(tmp_path):
+    """The policy directory is missing: the build stops after storing the prompts (exit 2, one
+    line); the manifest and card are re-derived from what it wrote, so `info` names the version
+    and schema and counts the prompts (it printed "prefdata None, schema vNone" before)."""
+    root = tmp_path / "ws"
+    done = _cli("build", str(root), "--scenario", "2", "--limit", "4", "--backend", "transformers",
+                "--policy-model", str(tmp_path / "no-such-model"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no-such-model" in done.stderr
+    info = _cli("info", str(root))
+    assert info.returncode == 0, info.stderr
+    assert "None" not in info.stdout and re.search(r"\(prefdata \S+, schema v1, updated ", info.stdout)
+    assert re.search(r"prompts\s+\d+ rows", info.stdout) and " 0 rows" not in info.stdout.splitlines()[3]
+    assert "# Preference pairs built by prefdata" in (root / "README.md").read_text()

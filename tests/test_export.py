@@ -65,7 +65,7 @@ def test_standard_form_is_plain_strings_one_file_per_dataset(ws, tmp_path):
     assert table.to_pylist() == [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in PAIRS[:2]]
     assert result["scenario2"] == {"path": str(tmp_path / "out" / "scenario2.parquet"), "rows": 2,
                                    "format": "trl", "form": "standard",
-                                   "columns": ["prompt", "chosen", "rejected"]}
+                                   "columns": ["prompt", "chosen", "rejected"], "reference_logps": False}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mix-1x0.5-4x0.5.parquet", "scenario2.parquet"]
 
 
@@ -84,10 +84,16 @@ def test_conversational_form_uses_messages_or_one_user_turn(ws, tmp_path):
     assert not (tmp_path / "scenario2.parquet").exists()
 
 
-def test_auto_form_follows_the_data(ws, tmp_path):
-    result = export_pairs(ws, tmp_path)  # conversational=None: chat only where a pair has messages
-    assert result["scenario2"]["form"] == "standard"
-    assert result["mix-1x0.5-4x0.5"]["form"] == "conversational"
+def test_default_form_is_conversational_so_trl_applies_the_chat_template(ws, tmp_path):
+    from prefdata.export import format_export
+
+    result = export_pairs(ws, tmp_path)
+    assert {r["form"] for r in result.values()} == {"conversational"}
+    rows = pq.read_table(tmp_path / "scenario2.parquet").to_pylist()
+    assert rows[0]["prompt"] == [{"role": "user", "content": "What is 3 + 4?"}]
+    lines = format_export(result)
+    assert lines[1] == (f"scenario2: 2 pairs -> {tmp_path / 'scenario2.parquet'} (trl, conversational, "
+                        "no reference log-probs (run `prefdata score` to add them))")
 
 
 def test_provenance_columns_are_optional_and_typed(ws, tmp_path):
@@ -100,10 +106,21 @@ def test_provenance_columns_are_optional_and_typed(ws, tmp_path):
     table = pq.read_table(kept["path"])
     for name in PROVENANCE:
         assert table.schema.field(name) == schema("pairs").field(name)
-    assert table.column("ref_chosen_logp").to_pylist() == [-3.5, None]
-    # Names TRL would read as precomputed reference log-probs, and a column that would confuse
-    # TRL's detection of the conversational form, are never exported.
-    assert not {"ref_chosen_logps", "ref_rejected_logps", "messages"} & set(table.column_names)
+    # one of the two pairs is unscored: no reference columns (TRL needs a value in every row), and
+    # never a `messages` column, which would confuse TRL's detection of the conversational form
+    assert not {"ref_chosen_logps", "ref_rejected_logps", "ref_chosen_logp", "messages"} & set(table.column_names)
+
+
+def test_scored_pairs_carry_trls_reference_columns(tmp_path):
+    rows = [dict(p, ref_chosen_logp=-1.5 - i, ref_rejected_logp=-9.0 - i, ref_model_hash="h")
+            for i, p in enumerate(PAIRS[:2])]
+    ws = make_workspace(tmp_path / "ws", rows)
+    result = export_pairs(ws, tmp_path / "out")["scenario2"]
+    assert result["reference_logps"] and result["columns"] == ["prompt", "chosen", "rejected",
+                                                               "ref_chosen_logps", "ref_rejected_logps"]
+    table = pq.read_table(result["path"])
+    assert table.column("ref_chosen_logps").to_pylist() == [-1.5, -2.5]
+    assert table.column("ref_rejected_logps").to_pylist() == [-9.0, -10.0]
 
 
 def test_raw_parquet_format_is_the_pairs_rows(ws, tmp_path):
@@ -139,7 +156,6 @@ def test_one_line_errors(ws, tmp_path):
         (lambda: export_pairs(ws, tmp_path / "o", dataset="scenario9"),
          "unknown dataset 'scenario9'.*known datasets: mix-1x0.5-4x0.5, scenario2"),
         (lambda: export_pairs(ws, tmp_path / "o", format="csv"), "unknown export format"),
-        (lambda: export_pairs(ws, tmp_path / "o", format="parquet", conversational=True), "trl only"),
     ]
     afile = tmp_path / "a-file"
     afile.write_text("x")
@@ -208,3 +224,74 @@ def _load(folder):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype="float32")
+
+
+def test_implicit_prompt_form_is_whole_dialogues(ws, tmp_path):
+    result = export_pairs(ws, tmp_path / "out", dataset="mix-1x0.5-4x0.5", implicit_prompt=True)["mix-1x0.5-4x0.5"]
+    assert result["form"] == "implicit" and result["columns"] == ["chosen", "rejected"]
+    rows = sorted(pq.read_table(result["path"]).to_pylist(), key=lambda r: r["chosen"])
+    # a plain prompt becomes one Human turn; a chat prompt keeps its turns (the system turn as a Human turn)
+    assert rows == sorted([
+        {"chosen": "\n\nHuman: What is 5 - 1?\n\nAssistant: 5 - 1 = 4. The answer is 4.",
+         "rejected": "\n\nHuman: What is 5 - 1?\n\nAssistant: 5 - 1 = 3. The answer is 3."},
+        {"chosen": "\n\nHuman: Answer briefly.\n\nHuman: What is 2 + 2?\n\nAssistant: We compute 2 + 2 = 4.\n#### 4",
+         "rejected": "\n\nHuman: Answer briefly.\n\nHuman: What is 2 + 2?\n\nAssistant: Answer: 5"},
+    ], key=lambda r: r["chosen"])
+    with pytest.raises(PrefdataError, match="two different forms"):
+        export_pairs(ws, tmp_path / "out", conversational=True, implicit_prompt=True)
+    with pytest.raises(PrefdataError, match="--format trl only"):
+        export_pairs(ws, tmp_path / "out", format="parquet", implicit_prompt=True)
+
+
+def test_trl_trains_on_the_exported_reference_logps_without_a_reference_pass(toy_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """Pairs scored by `prefdata score` under the toy policy, exported in the default form:
+    (1) TRL's own reference pass over the same rows gives the values we exported (so TRL's
+    tokenisation through the chat template matches ours); (2) with `stored_reference_trainer`
+    and precompute_ref_log_probs=True TRL runs no reference forward and its loss is computed
+    from the exported columns: shifting the stored chosen log-probs by +1 moves the first loss
+    from log 2 to -log sigmoid(-beta) exactly."""
+    import datasets
+    import trl
+    from transformers import AutoTokenizer
+
+    from prefdata.export import stored_reference_trainer
+    from prefdata.score import score_pairs
+
+    ws = make_workspace(tmp_path / "ws", [dict(p, ref_chosen_logp=None) for p in PAIRS])
+    score_pairs(ws, toy_model_dir, device="cpu")
+    result = export_pairs(ws, tmp_path / "data")
+    assert all(r["reference_logps"] and r["form"] == "conversational" for r in result.values())
+    train = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"),
+                                  cache_dir=str(tmp_path / "cache"))["train"]
+    tokenizer = AutoTokenizer.from_pretrained(str(toy_model_dir))
+
+    def config(name):
+        return trl.DPOConfig(
+            output_dir=str(tmp_path / name), max_steps=1, per_device_train_batch_size=4, learning_rate=1e-4,
+            max_length=256, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
+            gradient_checkpointing=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+            precompute_ref_log_probs=True, beta=0.1)
+
+    stock = trl.DPOTrainer(model=_load(toy_model_dir), args=config("stock"), processing_class=tokenizer,
+                           train_dataset=train.remove_columns(["ref_chosen_logps", "ref_rejected_logps"]))
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        theirs, ours = stock.train_dataset[column], train[column]
+        print(f"{column}: TRL's own pass vs exported, max abs diff "
+              f"{max(abs(a - b) for a, b in zip(theirs, ours)):.2e}")
+        assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-3
+
+    Trainer = stored_reference_trainer()
+    reference_passes = []
+    real = trl.DPOTrainer.compute_ref_log_probs
+    monkeypatch.setattr(trl.DPOTrainer, "compute_ref_log_probs",
+                        lambda self, *a, **k: reference_passes.append(1) or real(self, *a, **k))
+    shifted = train.map(lambda row: {"ref_chosen_logps": row["ref_chosen_logps"] + 1.0})
+    for data, expected in ((train, math.log(2)), (shifted, -math.log(1 / (1 + math.exp(0.1))))):
+        trainer = Trainer(model=_load(toy_model_dir), args=config("stored"), train_dataset=data,
+                          processing_class=tokenizer)
+        trainer.train()
+        loss = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+        print(f"stored reference log-probs: first loss {loss:.5f}, expected {expected:.5f}")
+        assert abs(loss - expected) < 2e-3
+    assert reference_passes == []

@@ -98,11 +98,11 @@ def test_all_pairs_keeps_the_filters():
 
 
 @pytest.mark.parametrize("kw, scenario, says", [
-    ({"pairing": "best_of_three"}, 1, "pairing 'best_of_three' is unknown"),
+    ({"pairing": "best_of_three"}, 1, "pairing = 'best_of_three' is not a known value"),
     ({"pairing": "all_pairs"}, 2, "needs scenario 1"),
     ({"pairing": "random_correct_incorrect"}, 4, "needs scenario 1"),
     ({"pairing": "mean_minus_2std", "other_pick": "random"}, 3, "other_pick is 'random'"),
-    ({"pairing": "all_pairs", "max_pairs_per_prompt": 0}, 1, "max_pairs_per_prompt=0"),
+    ({"pairing": "all_pairs", "max_pairs_per_prompt": 0}, 1, "max_pairs_per_prompt"),
 ])
 def test_bad_pairing_is_a_clear_error(kw, scenario, says):
     with pytest.raises(PrefdataError, match=says):

@@ -228,6 +228,12 @@ def test_symlinked_or_special_entries_are_refused(tmp_path, how):
         if how == "table folder symlink":
             with pytest.raises(PrefdataError, match="symbolic link"):
                 ws.write_part("prompts", "a", prompts(1))
+        elif how == "part fifo":  # writers refuse to replace anything but a regular file (issue 23)
+            with pytest.raises(PrefdataError, match="not a regular file"):
+                ws.write_part("prompts", "a", prompts(1))
+            (ws.root / "prompts" / "part-a.parquet").unlink()
+            ws.write_part("prompts", "a", prompts(1))
+            assert Workspace.open(ws.root).count("prompts") == 1
         elif how != "manifest symlink":
             ws.write_part("prompts", "a", prompts(1))
             assert Workspace.open(ws.root).count("prompts") == 1

@@ -14,7 +14,6 @@ import pytest
 from prefdata.errors import PrefdataError
 from prefdata.study import StudyConfig, mean_ci, summarise
 
-
 def test_mean_ci_is_the_student_t_interval():
     got = mean_ci([0.5, 0.7, 0.6])
     assert got["mean"] == pytest.approx(0.6) and got["std"] == pytest.approx(0.1)
@@ -36,7 +35,7 @@ def test_summarise_groups_by_scenario_and_loss():
 
 @pytest.mark.parametrize("kw, says", [({"seeds": ()}, "seeds"), ({"seeds": (1, 1)}, "distinct"),
                                       ({"losses": ("dpo", "ipo")}, "not study losses"),
-                                      ({"beta_rejected": 0.0}, "beta_rejected must be > 0"),
+                                      ({"beta_rejected": 0.0}, "beta_rejected must be a finite number > 0"),
                                       ({"pairing": "nope"}, "pairing 'nope' is unknown")])
 def test_bad_study_settings_fail_before_any_work(kw, says):
     with pytest.raises(PrefdataError, match=says):
@@ -80,6 +79,25 @@ def test_study_over_seeds_and_losses(tmp_path):
         for loss in ("dpo", "flex_dpo"):
             report = json.loads((ws / f"seed-{seed}" / "runs" / f"scenario1-{loss}" / "report.json").read_text())
             assert report["loss"]["name"] == loss and report["config"]["seed"] == seed
+    # every run's numbers are its workspace's: pair counts and "before" log-probs from the stored
+    # pairs, "after" and accuracies from the run's report; the summary is the mean over seeds
+    from prefdata.store import Workspace
+
+    for seed in (0, 1):
+        pairs = Workspace.open(ws / f"seed-{seed}").read("pairs").to_pydict()
+        for run in (r for r in out["runs"] if r["seed"] == seed):
+            mine = [i for i, d in enumerate(pairs["dataset"]) if d == f"scenario{run['scenario']}"]
+            report = json.loads((ws / f"seed-{seed}" / "runs" / f"scenario{run['scenario']}-{run['loss']}"
+                                 / "report.json").read_text())
+            assert run["pairs"] == report["pairs"] == len(mine) > 0
+            for side in ("chosen", "rejected"):
+                stored = [pairs[f"ref_{side}_logp_mean"][i] for i in mine]
+                assert run[f"{side}_before"] == pytest.approx(sum(stored) / len(stored), abs=1e-9)
+                assert run[f"{side}_after"] == report["table1"][side]["after"]
+            assert run["accuracy_after"] == report["accuracy"]["after"]
+    for row in out["summary"]:
+        mine = [r for r in out["runs"] if (r["scenario"], r["loss"]) == (row["scenario"], row["loss"])]
+        assert row["accuracy_after"]["mean"] == pytest.approx(sum(r["accuracy_after"] for r in mine) / 2)
     flex = json.loads((ws / "seed-0" / "runs" / "scenario1-flex_dpo" / "report.json").read_text())["loss"]
     assert flex["beta_chosen"] == 0.1 and flex["beta_rejected"] == 0.05
     # the on-policy/off-policy gap of the study's Table 1, before training: the policy's own

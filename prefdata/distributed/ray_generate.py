@@ -6,8 +6,8 @@ slice per actor (sizes differ by at most one, nothing dropped), runs the slices 
 Ray actors that each hold a real backend (vLLM on a GPU, or transformers), and returns
 the completions in request order. The single-process stage `generate_candidates` runs
 unchanged around it on the driver: it holds the workspace writer lock, computes the work
-keys, skips what is cached, writes each shard as one atomic content-keyed part, prunes
-and writes the manifest. So a Ray run writes exactly the rows a single-process run
+keys, skips what is cached, writes each shard as one atomic content-keyed part and
+writes the manifest. So a Ray run writes exactly the rows a single-process run
 writes (a prompt's samples depend only on its seed, never on its batch), and resumes
 from the same parts: killing the driver loses at most the shard in flight; a
 dead actor fails the run, and the next run redoes only the missing shards.

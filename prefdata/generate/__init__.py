@@ -4,7 +4,7 @@ Public API::
 
     SamplingConfig, GenerationConfig          typed, frozen configs
     generate_candidates(ws, prompts, cfg, backend=None) -> GenerationStats
-    reference_candidates(prompts, tokenizer=None) -> pa.Table
+    reference_candidates(prompts, tokenizer) -> pa.Table
     model_hash(path) -> str
     make_backend(cfg, model_hash, tokenizer) and the backends (imported lazily):
     prefdata.generate.vllm_backend.VLLMBackend, .hf_backend.TransformersBackend,

@@ -13,16 +13,25 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from prefdata.errors import BackendFailed, PrefdataError
 from prefdata.generate.config import SamplingConfig
 
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to complete: its rendered text (already templated), its token ids, its seed."""
+    """One prompt to complete: its rendered text (already templated), its token ids, its seed.
+
+    `room`: new tokens that still fit in the model's context after the prompt (None: unknown).
+    Backends stop a sample there, finish_reason "length", as vLLM does at max_model_len.
+    """
 
     prompt: str
     prompt_ids: tuple[int, ...]
     seed: int
+    room: int | None = None
+
+    def max_new_tokens(self, max_tokens: int) -> int:
+        return max_tokens if self.room is None else max(1, min(max_tokens, self.room))
 
 
 @dataclass(frozen=True)
@@ -56,3 +65,19 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def run_backend(backend: Backend, requests: list[Request], sampling: SamplingConfig,
+                model_name: str) -> list[list[Completion]]:
+    """`backend.generate`, its failures as one line: a PrefdataError passes as it is; anything
+    else the backend raises is a bug here or in the backend (exit 1), named with its first line."""
+    try:
+        return backend.generate(requests, sampling)
+    except PrefdataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - vLLM/torch raise many types; all end the run the same way
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise BackendFailed(f"the {backend.name} backend failed while generating for {model_name}: "
+                            f"{type(err).__name__}: {first}",
+                            "re-run to resume; if it repeats, report it with PREFDATA_DEBUG=1 for the traceback"
+                            ) from err

@@ -12,9 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, between, check_instance, one_of
 
 ORIGINS = ("policy", "other")
 BACKENDS = ("auto", "vllm", "transformers", "openai")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -28,24 +30,18 @@ class SamplingConfig:
     `temperature == 0` means greedy decoding.
     """
 
-    n: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
+    n: int = field(default=8, metadata=at_least(1))
+    temperature: float = field(default=1.0, metadata=at_least(0))  # finite: checked by the schema
+    top_p: float = field(default=1.0, metadata=between(0, 1, lo_open=True))
+    max_tokens: int = field(default=256, metadata=at_least(1))
     stop: tuple[str, ...] = ()
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
 
     def __post_init__(self):
-        # Lists from TOML/JSON become tuples, so the config stays hashable and frozen.
-        object.__setattr__(self, "stop", tuple(self.stop))
-        _check(isinstance(self.n, int) and self.n >= 1, f"sampling n={self.n!r}", "use n >= 1")
-        _check(self.temperature >= 0, f"temperature={self.temperature}", "use temperature >= 0 (0 = greedy)")
-        _check(0 < self.top_p <= 1, f"top_p={self.top_p}", "use 0 < top_p <= 1")
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-               f"max_tokens={self.max_tokens!r}", "use max_tokens >= 1")
-        _check(all(isinstance(s, str) and s for s in self.stop), f"stop={self.stop!r}",
-               "stop strings must be non-empty strings")
-        _check(isinstance(self.seed, int) and self.seed >= 0, f"seed={self.seed!r}", "use a seed >= 0")
+        # Types and ranges come from the fields above (lists from TOML/JSON become tuples,
+        # so the config stays hashable and frozen).
+        check_instance(self)
+        _check(all(s for s in self.stop), f"stop={self.stop!r}", "stop strings must be non-empty strings")
 
     def params(self) -> dict:
         """The sampling parameters that shape the output distribution (the seed is keyed separately)."""
@@ -68,40 +64,35 @@ class GenerationConfig:
         serve as both without the two sets colliding.
     backend: "vllm", "transformers", "openai", or "auto" (vLLM if importable).
     shard_size: prompts per part file; a killed run loses at most one shard.
-    prune: after the run, drop rows of this origin that the run did not ask
-        for (e.g. samples made with an older temperature), so the candidates
-        table of an origin always mirrors the last run's config.
     batch_size: transformers only: sequences (prompts x n) per `generate` call.
+    dtype: the weights' dtype while generating, on every backend: "auto" is the
+        checkpoint's own (config.json; the toy models are float32), or float32,
+        bfloat16, float16. (vLLM's own "auto" would run float32 weights in bfloat16.)
     """
 
     model: str
-    origin: str = "policy"
-    backend: str = "auto"
+    origin: str = field(default="policy", metadata=one_of(*ORIGINS))
+    backend: str = field(default="auto", metadata=one_of(*BACKENDS))
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    shard_size: int = 64
+    shard_size: int = field(default=64, metadata=at_least(1))
     model_name: str | None = None
     endpoint_url: str | None = None
     endpoint_model: str | None = None
     endpoint_api_key_env: str = "OPENAI_API_KEY"
-    endpoint_concurrency: int = 8
-    endpoint_timeout_s: float = 600.0
+    endpoint_concurrency: int = field(default=8, metadata=at_least(1))
+    endpoint_timeout_s: float = field(default=600.0, metadata=at_least(0, open=True))
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    max_model_len: int | None = None
-    batch_size: int = 64
-    prune: bool = True
+    max_model_len: int | None = field(default=None, metadata=at_least(1))
+    dtype: str = field(default="auto", metadata=one_of(*DTYPES))
+    batch_size: int = field(default=64, metadata=at_least(1))
     quiet: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "model", str(self.model))
         if isinstance(self.sampling, dict):
             object.__setattr__(self, "sampling", SamplingConfig(**self.sampling))
-        _check(self.origin in ORIGINS, f"origin {self.origin!r}", f"use one of: {', '.join(ORIGINS)}")
-        _check(self.backend in BACKENDS, f"backend {self.backend!r}", f"use one of: {', '.join(BACKENDS)}")
-        _check(self.shard_size >= 1, f"shard_size={self.shard_size}", "use shard_size >= 1")
-        _check(self.batch_size >= 1, f"batch_size={self.batch_size}", "use batch_size >= 1")
-        _check(self.endpoint_concurrency >= 1, f"endpoint_concurrency={self.endpoint_concurrency}",
-               "use endpoint_concurrency >= 1")
+        check_instance(self)
         _check(self.backend != "openai" or bool(self.endpoint_url), "backend 'openai' without endpoint_url",
                "set endpoint_url, e.g. http://127.0.0.1:8000")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefdata.errors import PrefdataError
 from prefdata.generate.base import Backend, Completion, Request
 from prefdata.generate.config import SamplingConfig
-from prefdata.generate.model import load_tokenizer, validate_model_dir
+from prefdata.generate.model import checkpoint_dtype, load_tokenizer, validate_model_dir
 
 
 class _RowSampler:
@@ -84,19 +84,20 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model_path: str, model_hash: str, *, tokenizer=None, batch_size: int = 64,
-                 trust_remote_code: bool = False, allow_pickle: bool = False, device: str | None = None):
+                 trust_remote_code: bool = False, allow_pickle: bool = False, device: str | None = None,
+                 dtype: str | None = None):
         super().__init__(model_path, model_hash)
         import torch
         from transformers import AutoModelForCausalLM
 
-        validate_model_dir(model_path, allow_pickle=allow_pickle)
+        validate_model_dir(model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer or load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(model_path), use_safetensors=not allow_pickle, trust_remote_code=trust_remote_code,
-                # float32 on CPU: half precision there is slow and changes samples.
-                dtype="auto" if self.device != "cpu" else torch.float32,
+                # the checkpoint's dtype unless told, as the vLLM backend runs it
+                dtype=getattr(torch, dtype or checkpoint_dtype(model_path)),
             ).to(self.device).eval()
         except (OSError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -135,7 +136,9 @@ class TransformersBackend(Backend):
             mask[row, width - len(r.prompt_ids):] = 1
         sampler = _RowSampler(seeds, sampling.temperature, sampling.top_p, "cpu")
         # A fresh config, so the model's own defaults (top_k, repetition penalty...) do not leak in.
-        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids,
+        # Each row stops where its own context ends (cut in _finish); the batch runs to the longest.
+        limits = [r.max_new_tokens(sampling.max_tokens) for r in requests]
+        gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(limits), eos_token_id=self.eos_ids,
                                    pad_token_id=self.pad_id)
         stopping = StoppingCriteriaList([_StopStrings(self.tokenizer, sampling.stop, width)] if sampling.stop else [])
         with torch.inference_mode():
@@ -144,10 +147,11 @@ class TransformersBackend(Backend):
                                 stopping_criteria=stopping)
         tokens = torch.stack(sampler.tokens, dim=1).cpu().tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).cpu().tolist()
-        return [self._finish(t, lp, sampling) for t, lp in zip(tokens, logprobs)]
+        return [self._finish(t[:limit], lp, sampling) for t, lp, limit in zip(tokens, logprobs, limits)]
 
     def _finish(self, tokens: list[int], logprobs: list[float], sampling: SamplingConfig) -> Completion:
-        """Cut a row where vLLM would have: at the first EOS, else after the token completing a stop string."""
+        """Cut a row where vLLM would have: at the first EOS, else after the token completing a stop
+        string, else at its max_tokens (the caller passes only that many tokens)."""
         eos = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
         if eos is not None:
             tokens = tokens[:eos + 1]  # the EOS counts as generated, as in vLLM

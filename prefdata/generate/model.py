@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
+from prefdata.modelcheck import check_model_config
 
 # Files that change what a model generates. generation_config.json is here
 # because vLLM adds its eos_token_id list to the stop tokens.
@@ -38,8 +39,10 @@ def weight_files(path: Path, allow_pickle: bool = False) -> list[Path]:
     return files
 
 
-def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pickle: bool = False) -> Path:
-    """Check `path` holds a loadable model; raise a one-line PrefdataError naming what is missing."""
+def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pickle: bool = False,
+                       trust_remote_code: bool = False) -> Path:
+    """Check `path` holds a loadable model; raise a one-line PrefdataError naming what is missing
+    or wrong (config, custom code, sizes, weights: `prefdata.modelcheck`) before anything loads it."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise PrefdataError(f"model directory {path} does not exist",
@@ -57,6 +60,7 @@ def validate_model_dir(path: str | Path, *, need_weights: bool = True, allow_pic
     if missing:
         raise PrefdataError(f"model directory {path} is missing {', '.join(missing)}",
                             "point to a complete Hugging Face model directory")
+    check_model_config(path, trust_remote_code=trust_remote_code)
     return path
 
 
@@ -167,3 +171,45 @@ def render(tokenizer, messages: list[dict]) -> str:
     except Exception as err:  # jinja errors (e.g. "roles must alternate") are the user's data
         raise PrefdataError(f"the chat template could not render a prompt: {err}",
                             "check the prompt's messages (roles, order) against the model's template") from None
+
+
+# config.json keys that hold a model's context length, in the order architectures use them
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def _config(path: str | Path) -> dict:
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def context_length(path: str | Path, override: int | None = None) -> int | None:
+    """Tokens the model can attend over (prompt + completion): `override` (a backend's
+    max_model_len) when given, else config.json's position limit; None when unknown."""
+    if override:
+        return int(override)
+    config = _config(path)
+    for scope in (config, config.get("text_config") or {}):
+        for key in _CONTEXT_KEYS:
+            if isinstance(scope.get(key), int) and scope[key] > 0:
+                return scope[key]
+    return None
+
+
+def checkpoint_dtype(path: str | Path) -> str:
+    """The dtype the weights are stored in (config.json `dtype` / `torch_dtype`), float32 if unset.
+
+    Both backends run a model in this dtype unless the pipeline names another, so vLLM and
+    transformers sample from the same numbers (vLLM's own "auto" turns float32 into bfloat16).
+    """
+    config = _config(path)
+    value = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return {"float": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16",
+            "fp32": "float32"}.get(str(value), str(value))
+
+
+def resolve_dtype(path: str | Path, dtype: str) -> str:
+    """A pipeline's `dtype`: "auto" means the checkpoint's own dtype."""
+    return checkpoint_dtype(path) if dtype == "auto" else dtype

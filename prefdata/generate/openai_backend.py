@@ -82,7 +82,7 @@ class OpenAIBackend(Backend):
             "n": sampling.n,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens,
+            "max_tokens": request.max_new_tokens(sampling.max_tokens),
             "seed": request.seed,
             "logprobs": 0,  # the sampled tokens' log-probs, summed below
         }

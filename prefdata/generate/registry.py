@@ -14,20 +14,23 @@ from typing import Callable
 from prefdata.errors import PrefdataError
 from prefdata.generate.base import Backend
 from prefdata.generate.config import GenerationConfig
+from prefdata.generate.model import resolve_dtype
 
 
 def _vllm(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:
     from prefdata.generate.vllm_backend import VLLMBackend
 
     return VLLMBackend(cfg.model, model_hash, trust_remote_code=cfg.trust_remote_code,
-                       allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len)
+                       allow_pickle=cfg.allow_pickle, max_model_len=cfg.max_model_len,
+                       dtype=resolve_dtype(cfg.model, cfg.dtype))
 
 
 def _transformers(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:
     from prefdata.generate.hf_backend import TransformersBackend
 
     return TransformersBackend(cfg.model, model_hash, tokenizer=tokenizer, batch_size=cfg.batch_size,
-                               trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+                               trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                               dtype=resolve_dtype(cfg.model, cfg.dtype))
 
 
 def _openai(cfg: GenerationConfig, model_hash: str, tokenizer) -> Backend:

@@ -7,8 +7,16 @@ Keys (all sha256, 16 hex):
 
 A work key is the unit of caching: a prompt whose work key is already in the
 candidates table is not generated again, so changing one parameter redoes
-exactly the prompts it touches. The backend is provenance, not part of the
+exactly the prompts it touches. Rows of other work keys (an older temperature,
+another model) stay beside the new ones: another dataset's pairs may refer to
+them. Only `prefdata gc` removes rows, and only those no dataset refers to. The backend is provenance, not part of the
 key: vLLM and transformers draw from the same distribution.
+
+A prompt that leaves no room in the model's context (config.json's position
+limit, or `max_model_len`) is not sent to any backend: it is counted as
+`prompt_too_long` (`GenerationStats.too_long` holds its ids) and gets no
+candidates. Every other sample stops where the context ends (finish_reason
+"length"), on every backend.
 
 Work is done in shards of `shard_size` prompts; each shard is written as one
 atomic part named by its work keys, so a killed run loses at most the shard in
@@ -31,10 +39,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request
+from prefdata.generate.base import Backend, Request, run_backend
 from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig
-from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
+from prefdata.generate.model import (context_length, load_tokenizer, model_hash, render, template_hash,
+                                     validate_model_dir)
 from prefdata.schemas import conform
 from prefdata.store import Workspace
 
@@ -68,7 +77,6 @@ class GenerationStats:
     prompts_generated: int
     candidates_written: int
     parts_written: int
-    rows_pruned: int
     model_calls: int
     tokens_generated: int
     seconds: float
@@ -76,6 +84,7 @@ class GenerationStats:
     backend: str
     model_hash: str
     work_keys: frozenset
+    too_long: frozenset = frozenset()  # prompt ids dropped as prompt_too_long (no room to generate)
 
 
 def _messages(prompts: pa.Table) -> list[list[dict]]:
@@ -93,27 +102,6 @@ def _done_keys(ws: Workspace, origin: str) -> set[str]:
     return done
 
 
-def _prune(ws: Workspace, origin: str, wanted: set[str]) -> int:
-    """Drop rows of `origin` whose work key this run did not ask for. A part is
-    replaced atomically under its own name (or deleted when emptied), so a crash
-    here loses only rows a later run regenerates anyway, and duplicates nothing."""
-    dropped = 0
-    for path in ws.parts(TABLE):
-        keys = pq.read_table(path, columns=["origin", "work_key"])
-        stale = pc.and_(pc.equal(keys["origin"], origin),
-                        pc.invert(pc.is_in(keys["work_key"], pa.array(sorted(wanted), pa.string()))))
-        n_stale = pc.sum(stale).as_py() or 0
-        if not n_stale:
-            continue
-        key = path.name[len("part-"):-len(".parquet")]
-        if n_stale == len(keys):
-            ws.delete_part(TABLE, key)
-        else:
-            ws.write_part(TABLE, key, pq.read_table(path).filter(pc.invert(stale)))
-        dropped += n_stale
-    return dropped
-
-
 def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
                         backend: Backend | None = None) -> GenerationStats:
     """Generate `cfg.sampling.n` candidates per prompt into `ws`'s candidates table.
@@ -127,10 +115,10 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
         if column not in prompts.column_names:
             raise PrefdataError(f"the prompts table has no {column!r} column", "pass a table of the prompts schema")
     if prompts.num_rows == 0:
-        # Refused rather than run: with prune on, an empty run would drop every row of the origin.
         raise PrefdataError("no prompts to generate for", "check the prompts source and its filters")
     remote = resolve_backend_name(cfg.backend) == "openai"
-    validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle)
+    validate_model_dir(cfg.model, need_weights=not remote, allow_pickle=cfg.allow_pickle,
+                       trust_remote_code=cfg.trust_remote_code)
     mhash = model_hash(cfg.model, allow_pickle=cfg.allow_pickle)
     if backend is not None and backend.model_hash != mhash:
         raise PrefdataError(f"the backend was loaded from another model ({backend.model_path}) than {cfg.model}",
@@ -144,13 +132,17 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
     seeds = [prompt_seed(cfg.sampling.seed, pid) for pid in prompt_ids]
     keys = [work_key(mhash, cfg.origin, pid, text, params, seed)
             for pid, text, seed in zip(prompt_ids, rendered, seeds)]
-    wanted = set(keys)
+    context = context_length(cfg.model, cfg.max_model_len)
+    lengths = [len(t) for t in tokenizer(rendered, add_special_tokens=False)["input_ids"]] if rendered else []
+    # a prompt must leave room for at least one new token
+    too_long = {i for i, n in enumerate(lengths) if context is not None and n >= context}
+    wanted = {key for i, key in enumerate(keys) if i not in too_long}
 
     with ws.writer():
         done = _done_keys(ws, cfg.origin)
         todo, seen = [], set(done)
         for i, key in enumerate(keys):  # input order; a repeated prompt is generated once
-            if key not in seen:
+            if key not in seen and i not in too_long:
                 seen.add(key)
                 todo.append(i)
         owned = backend is None and bool(todo)
@@ -164,9 +156,10 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
             for first in range(0, len(todo), cfg.shard_size):
                 shard = todo[first:first + cfg.shard_size]
                 ids = tokenizer([rendered[i] for i in shard], add_special_tokens=False)["input_ids"]
-                requests = [Request(rendered[i], tuple(t), seeds[i]) for i, t in zip(shard, ids)]
+                requests = [Request(rendered[i], tuple(t), seeds[i], None if context is None else context - len(t))
+                            for i, t in zip(shard, ids)]
                 model_start = time.perf_counter()
-                outputs = backend.generate(requests, cfg.sampling)
+                outputs = run_backend(backend, requests, cfg.sampling, cfg.display_name)
                 model_seconds += time.perf_counter() - model_start
                 table = _shard_table(shard, outputs, prompt_ids, rendered, seeds, keys, cfg, mhash, thash,
                                      backend.name, tokenizer)
@@ -182,14 +175,14 @@ def generate_candidates(ws: Workspace, prompts: pa.Table, cfg: GenerationConfig,
         finally:
             if owned:
                 backend.close()
-        pruned = _prune(ws, cfg.origin, wanted) if cfg.prune else 0
         ws.write_manifest(f"generate-{cfg.origin}", {**cfg.to_dict(), "model_hash": mhash,
                                                      "template_hash": thash, "backend_used": backend_name})
     return GenerationStats(
         prompts=len(wanted), prompts_cached=len(wanted & done), prompts_generated=len(todo),
-        candidates_written=written, parts_written=parts, rows_pruned=pruned, model_calls=calls,
-        tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds, backend=backend_name, model_hash=mhash,
-        work_keys=frozenset(wanted))
+        candidates_written=written, parts_written=parts, model_calls=calls,
+        tokens_generated=tokens, seconds=time.perf_counter() - start, model_seconds=model_seconds,
+        backend=backend_name, model_hash=mhash, work_keys=frozenset(wanted),
+        too_long=frozenset(prompt_ids[i] for i in too_long))
 
 
 def _progress(total: int, cfg: GenerationConfig):

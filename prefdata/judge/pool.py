@@ -25,6 +25,8 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
+from prefdata.errors import PrefdataError
+
 OK, TIMEOUT, ERROR = "ok", "timeout", "error"
 
 
@@ -32,7 +34,11 @@ def _worker_main(conn, fn: Callable, initializer: Callable | None) -> None:
     # Runs in the child. Initialise before saying "ready" so slow imports
     # (math_verify + sympy take ~2 s) never count against an item's deadline.
     if initializer is not None:
-        initializer()
+        try:
+            initializer()
+        except BaseException as err:  # noqa: BLE001 - told to the parent, which gives up after a few
+            conn.send(("start_error", None, f"{type(err).__name__}: {err}"))
+            return
     conn.send(("ready", None, None))
     while True:
         try:
@@ -70,17 +76,22 @@ class TimeoutPool:
 
     ``map`` returns one ``(status, value)`` per input, in input order: ``("ok", result)``,
     ``("timeout", None)`` or ``("error", message)``. ``start_timeout_s`` bounds a worker's
-    start-up (imports); a worker that never becomes ready fails its items with "error".
+    start-up (imports). A worker that dies, fails or times out before it is ready is replaced,
+    but after ``max_start_failures`` such starts in a row (no worker ready in between) the pool
+    gives up with a one-line `PrefdataError` saying why the last one failed: a broken
+    environment would otherwise respawn workers forever.
     """
 
     def __init__(self, fn: Callable, workers: int = 2, timeout_s: float = 5.0,
                  chunk_size: int = 32, initializer: Callable | None = None,
-                 start_timeout_s: float = 120.0):
+                 start_timeout_s: float = 120.0, max_start_failures: int = 3, name: str = "worker pool"):
         if workers < 1 or timeout_s <= 0 or chunk_size < 1:
             raise ValueError("workers, timeout_s and chunk_size must be positive")
         self.fn, self.initializer = fn, initializer
         self.n_workers, self.timeout_s, self.chunk_size = workers, timeout_s, chunk_size
         self.start_timeout_s = start_timeout_s
+        self.max_start_failures, self.name = max_start_failures, name
+        self.start_failures = 0  # failed starts since a worker was last ready
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self.timeouts = 0  # items killed for running past the deadline, over the pool's life
@@ -132,28 +143,45 @@ class TimeoutPool:
                             status, index, value = worker.conn.recv()
                             if status == "ready":
                                 worker.ready, worker.since = True, now
+                                self.start_failures = 0
                                 continue
+                            if status == "start_error":
+                                self._start_failed(i, value)
+                                break
                             worker.pending.popleft()
                             results[index] = (status, value)
                             remaining -= 1
                             worker.since = now  # the next item in the chunk starts now
                     except (EOFError, OSError):  # the worker died (segfault, OOM kill)
+                        if not worker.ready:
+                            worker.proc.join(timeout=5)
+                            self._start_failed(i, f"the process died at start (exit code {worker.proc.exitcode})")
+                            continue
                         remaining -= self._replace(i, ERROR, "worker process died", results, queue)
+                        continue
+                    if self._workers[i] is not worker:  # replaced after a failed start
                         continue
                 limit = self.timeout_s if worker.ready else self.start_timeout_s
                 if (worker.pending or not worker.ready) and now - worker.since >= limit:
                     if worker.ready:
                         self.timeouts += 1
                         remaining -= self._replace(i, TIMEOUT, None, results, queue)
-                    else:  # never started: fail everything rather than respawn forever
-                        self._workers[i].kill()
-                        for index, _ in queue:
-                            results[index] = (ERROR, "worker failed to start")
-                        remaining -= len(queue)
-                        queue.clear()
-                        self._workers[i] = self._spawn()
-                        self._workers[i].since = now
+                    else:
+                        self._start_failed(i, f"not ready within start_timeout_s={self.start_timeout_s}s")
         return results  # type: ignore[return-value]
+
+    def _start_failed(self, i: int, why: str) -> None:
+        """Worker i failed before it was ready: replace it, or give up after too many in a row."""
+        self._workers[i].kill()
+        self.start_failures += 1
+        if self.start_failures >= self.max_start_failures:
+            self._workers.pop(i)
+            self.close()
+            raise PrefdataError(f"the {self.name} could not start a worker process: {self.start_failures} "
+                                f"failed starts in a row, the last: {why}",
+                                "check that the judge's packages import in a fresh Python (e.g. python -c "
+                                "\"import math_verify\") and that memory and process limits allow a new process")
+        self._workers[i] = self._spawn()
 
     def _replace(self, i: int, status: str, value: Any, results: list, queue: deque) -> int:
         """Kill worker i, give its running item `status`, re-queue the rest of its chunk."""

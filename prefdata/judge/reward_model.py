@@ -55,7 +55,11 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from prefdata.generate.model import validate_model_dir
+
         path = Path(config.model_path)
+        if path.is_dir():  # config, custom code, sizes and weights, before transformers sees it
+            validate_model_dir(path, trust_remote_code=config.trust_remote_code)
         if not (path / "config.json").is_file():
             raise PrefdataError(f"no reward model at {path} (config.json missing)",
                                 "pass a local Hugging Face model directory")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
-from prefdata.generate.base import Backend, Request
+from prefdata.generate.base import Backend, Request, run_backend
 from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig, SamplingConfig
 from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
@@ -73,7 +73,7 @@ class BackendCompleter:
                     f"exceeds the judge model's context of {self.context}",
                     "use a judge model with a longer context, or lower [judge] max_tokens")
         requests = [Request(text, tuple(t), seed=0) for text, t in zip(rendered, ids)]
-        outputs = self.backend.generate(requests, self.sampling)
+        outputs = run_backend(self.backend, requests, self.sampling, "the llm judge")
         return [samples[0].text for samples in outputs]
 
     def close(self) -> None:
@@ -99,7 +99,7 @@ def llm_judge_from_config(judge_cfg) -> ServedLLMJudge:
     if remote and not judge_cfg.endpoint_url:
         raise PrefdataError("the llm judge with backend 'openai' has no endpoint_url",
                             "set [judge] endpoint_url, e.g. http://127.0.0.1:8000")
-    path = validate_model_dir(judge_cfg.model, need_weights=not remote)
+    path = validate_model_dir(judge_cfg.model, need_weights=not remote, trust_remote_code=judge_cfg.trust_remote_code)
     tokenizer = load_tokenizer(judge_cfg.model, trust_remote_code=judge_cfg.trust_remote_code)
     gen_cfg = GenerationConfig(model=judge_cfg.model, backend=backend, endpoint_url=judge_cfg.endpoint_url,
                                trust_remote_code=judge_cfg.trust_remote_code, quiet=True,

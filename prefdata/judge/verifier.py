@@ -4,10 +4,16 @@ Answer extraction, first rule that matches wins (the *last* match in the text,
 because solutions restate intermediate numbers before the final one):
 
 1. GSM8K style ``#### 57`` (dataset references, the toy world's references);
-2. ``The answer is 57.`` / ``Answer: 57`` (the toy policy and other models,
+2. ``\\boxed{57}`` (MATH-style solutions, most reasoning models), braces nested
+   up to three deep (``\\boxed{\\frac{1}{2}}``);
+3. ``The answer is 57.`` / ``Answer: 57`` (the toy policy and other models,
    and most chat models);
-3. otherwise math-verify's own extraction over the text (``\\boxed{}``, the last
-   LaTeX or plain expression).
+4. ``A: 57`` at the start of a line (few-shot Q:/A: prompting);
+5. otherwise math-verify's own extraction over the text (the last LaTeX or
+   plain expression).
+
+Rules 1-4 give the answer directly, so a plain-number answer is checked in
+process; only rule 5 and non-numeric answers go to the slow math-verify path.
 
 Two plain numbers are compared in-process (exact decimal equality, commas
 ignored), which covers GSM8K-like data without touching sympy; everything else
@@ -25,6 +31,10 @@ score null when one check passes ``timeout_s``.
 '5'
 >>> extract_answer("<<2+3=5>> Answer: 5")
 '5'
+>>> extract_answer("So the total is $\\\\boxed{5}$.")
+'5'
+>>> extract_answer("Q: 2+3?\\nA: 5")
+'5'
 >>> extract_answer("no digits here") is None
 True
 """
@@ -38,16 +48,20 @@ from typing import Sequence
 
 from prefdata.judge.base import JudgeItem, Verdict, config_hash
 
-RULES_VERSION = 1  # bump when extraction rules change: judgments are re-computed
+RULES_VERSION = 2  # bump when extraction rules change: judgments are re-computed
 _GSM8K = re.compile(r"####\s*([^\n]*\S)")
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*\})*)\}")
 _PHRASE = re.compile(r"\banswer(?:\s+is\s*:?|\s*:)\s*([^\n]*\S)", re.IGNORECASE)
+_QA = re.compile(r"^[ \t]*A:[ \t]*([^\n]*\S)", re.MULTILINE)
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+# "$18", "18 apples", "-3.5 km": a number with a currency sign or one unit word is that number
+_NUMBER_WITH_UNIT = re.compile(r"\$?(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?:\s*[A-Za-z%]+)?")
 _MAX_FALLBACK_CHARS = 2000  # math-verify sees the tail only: the final answer is there
 
 
 def extract_answer(text: str) -> str | None:
-    """The anchored final answer of `text` (rules 1-2), or None when there is no anchor."""
-    for pattern in (_GSM8K, _PHRASE):
+    """The anchored final answer of `text` (rules 1-4), or None when there is no anchor."""
+    for pattern in (_GSM8K, _BOXED, _PHRASE, _QA):
         matches = pattern.findall(text)
         if matches:
             answer = _clean(matches[-1])
@@ -61,7 +75,8 @@ def _clean(answer: str) -> str:
     answer = answer.strip().rstrip(".").strip()
     if len(answer) > 1 and answer.startswith("$") and answer.endswith("$"):
         answer = answer.strip("$").strip()
-    return answer
+    unit = _NUMBER_WITH_UNIT.fullmatch(answer)
+    return unit.group(1) if unit else answer
 
 
 def plain_number(text: str) -> Decimal | None:
@@ -186,7 +201,7 @@ class RuleVerifier:
             cfg = self.config
             self._pool = TimeoutPool(self._check_fn, workers=cfg.workers, timeout_s=cfg.timeout_s,
                                      chunk_size=cfg.chunk_size, initializer=_init_worker,
-                                     start_timeout_s=cfg.start_timeout_s)
+                                     start_timeout_s=cfg.start_timeout_s, name="verifier's worker pool")
         keys = list(slow)
         self.stats["pool"] += len(keys)
         for key, (status, value) in zip(keys, self._pool.map(keys)):

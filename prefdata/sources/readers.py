@@ -21,6 +21,7 @@ from typing import Callable
 import pyarrow as pa
 
 from prefdata.errors import PrefdataError
+from prefdata.sources.guards import check_depth, check_surrogates, concat_shards
 from prefdata.sources.spec import FORMATS, SPLIT_NAMES, SourceSpec
 
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -128,7 +129,7 @@ def _read_directory(path: Path, spec: SourceSpec) -> RawSource:
         parts.append(table)
         wheres.append(where)
         offsets.append(offsets[-1] + table.num_rows)
-    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+    table = parts[0] if len(parts) == 1 else concat_shards(parts, chosen)
 
     def where(i: int) -> str:
         k = max(j for j in range(len(parts)) if offsets[j] <= i)
@@ -243,6 +244,8 @@ def _read_jsonl(path: Path) -> tuple[pa.Table, Callable[[int], str]]:
     import pyarrow.json as pajson
 
     data = _read_text_bytes(path)
+    check_depth(data, path)
+    check_surrogates(data, path)
     try:
         # Single-threaded: when a threaded read fails (a line longer than a
         # block), Arrow can leave worker tasks running, and the process then
@@ -291,6 +294,8 @@ def _table_from_records(records: list[dict], path: Path) -> pa.Table:
 
 def _read_json(path: Path) -> tuple[pa.Table, Callable[[int], str]]:
     data = _read_text_bytes(path)
+    check_depth(data, path)
+    check_surrogates(data, path)
     try:
         doc = json.loads(data)
     except json.JSONDecodeError as exc:

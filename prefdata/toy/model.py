@@ -34,7 +34,9 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
     "{% elif message['role'] == 'user' %}Q: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}A: {{ message['content'] }}{{ eos_token }}\n"
+    # nothing after EOS: the assistant turn is exactly the response + EOS, the tokens score.py
+    # and the trainer sum, and the tokens TRL sums when it applies this template
+    "{% elif message['role'] == 'assistant' %}A: {{ message['content'] }}{{ eos_token }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}A: {% endif %}"

@@ -192,7 +192,10 @@ def iter_records(split: str, n: int, seed: int = 0) -> Iterator[dict]:
 
 def write_split(path: str | Path, split: str, n: int, seed: int = 0) -> Path:
     """Write ``n`` problems of ``split`` as GSM8K-style JSONL (``question``, ``answer``)."""
+    from prefdata.paths import check_writable_file
+
     path = Path(path)
+    check_writable_file(path, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:

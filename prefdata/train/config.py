@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
+from prefdata.fields import at_least, between, check_value
 from prefdata.train.losses import LossConfig
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -56,6 +57,10 @@ class TrainConfig:
                     unpaired responses for the dispersion measure; held-out prompts for accuracy
     generate_batch  held-out prompts decoded together for accuracy (a small model on CPU is
                     fastest with all of them at once; a large one needs memory per sequence)
+    shared_prefix   compute each pair's prompt once: prompt | chosen | rejected as one packed segment,
+                    rejected hidden from chosen by the attention mask (prefdata.train.packing); used
+                    where the model's attention takes such a mask (sdpa, eager, flex), else ignored.
+                    Same log-probs and gradients as the unshared layout up to float rounding
     output_dir      default WORKSPACE/runs/<dataset>-<loss>
     """
 
@@ -86,6 +91,7 @@ class TrainConfig:
     eval_batch_tokens: int = 4096
     generate_batch: int = 32
     chunk_positions: int = 1024
+    shared_prefix: bool = True
     device: str | None = None
     output_dir: str | None = None
     resume: bool = True
@@ -140,6 +146,27 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+# The command-line options of `prefdata train` that are TrainConfig or LossConfig numbers:
+# (type, range) per option, checked before any model or workspace work.
+_OPTION_RANGES = {
+    "lr": (float, at_least(0, open=True)), "beta": (float, at_least(0, open=True)),
+    "beta_chosen": (float, at_least(0, open=True)), "beta_rejected": (float, at_least(0, open=True)),
+    "label_smoothing": (float, between(0, 0.5, hi_open=True)), "sft_weight": (float, at_least(0)),
+    "epochs": (int, at_least(1)), "max_steps": (int, at_least(1)), "batch_size": (int, at_least(1)),
+    "grad_accum": (int, at_least(1)), "max_length": (int, at_least(1)), "seed": (int, at_least(0)),
+    "checkpoint_every": (int, at_least(0)), "eval_every": (int, at_least(0)),
+}
+
+
+def check_train_options(options: dict) -> None:
+    """One-line errors naming the flag (`--lr`) for training numbers that are not finite or out
+    of range; None means "not given"."""
+    for name, value in options.items():
+        if value is not None:
+            tp, meta = _OPTION_RANGES[name]
+            check_value(name, value, tp, meta, origin=lambda key: "--" + key.replace("_", "-"))
 
 
 def _check(ok: bool, what: str, fix: str) -> None:

@@ -18,7 +18,11 @@ calls `train()`) the process group comes from the environment (distributed.py).
 The global batch stays `batch_size * grad_accum` pairs whatever K is: each rank
 takes the strided slice batch[rank::K] in micro-batches of at most `batch_size`,
 DDP (default) or FSDP2 (`fsdp=True`, or PREFDATA_FSDP=1) averages the gradients,
-and the per-pair losses are scaled so the step equals the single-process one.
+and the per-pair losses are scaled so the step's gradient equals the single-process
+one-batch gradient, up to float summation order, for every loss in losses.py
+(DPO+SFT's token-mean normaliser is taken over the whole step's batch, not the
+micro-batch). Gradient accumulation (`grad_accum` micro-batches) equals one big batch the
+same way.
 Every rank runs the same evaluations (so all return the report); only rank 0
 writes files. A run resumes on any number of processes.
 
@@ -95,6 +99,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     from prefdata.train import distributed as dist
     from prefdata.train import report
     from prefdata.train.losses import compute_loss
+    from prefdata.train.packing import pair_batch, supports_shared_prefix, width_multiple
 
     say = progress or (lambda _msg: None)
     started = time.time()
@@ -121,6 +126,10 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     # runner(batch): the summed log-probs through DDP/FSDP (the plain model when alone)
     runner, params = dist.wrap(model, ctx, fsdp and ctx.active, device, cfg.chunk_positions)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shared = cfg.shared_prefix and supports_shared_prefix(model)
+    if cfg.shared_prefix and not shared:
+        say(f"{model.config._attn_implementation} attention takes no shared-prefix mask: "
+            "each prompt is computed twice, once with each response")
     data = report.tokenize_pairs(tokenizer, pairs)
     keep = [i for i in range(len(data["chosen"]))
             if max(len(data["prompt"][i]) + len(data["chosen"][i]),
@@ -166,18 +175,28 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
 
         `through` is the DDP/FSDP runner in training steps; measurements pass a plain
         model, whose gradients then stay rank-local (the gradient probe)."""
-        seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
-        batch = packed_batch(seqs, cfg.max_length, pad_id, device)
+        if shared:  # prompt | chosen | rejected: each prompt computed once (packing.py)
+            batch = pair_batch([(prompts[i], chosen[i], rejected[i]) for i in idx], pad_id, device,
+                               width_multiple=width_multiple(model))
+        else:
+            seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]
+            batch = packed_batch(seqs, cfg.max_length, pad_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             sums = through(batch) if through is runner else sequence_logps(through, batch, cfg.chunk_positions)
         return sums[:len(idx)], sums[len(idx):]
 
-    def loss_of(idx: list[int], detach: str | None = None, through=model):
+    def loss_of(idx: list[int], detach: str | None = None, through=model, whole_batch: list[int] | None = None):
+        """The loss of pairs `idx`; `whole_batch`: the optimizer step's pairs when `idx` is a part
+        of them, so batch-wide normalisers (DPO+SFT's token mean) are the whole batch's."""
         pc, pr = policy_logps(idx, through)
         # detach one side to get the gradient through the other alone (report's gradient probe)
         pc, pr = (pc.detach() if detach == "chosen" else pc), (pr.detach() if detach == "rejected" else pr)
         t = torch.tensor(idx, device=device)
-        return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t])
+        per_pair = None
+        if whole_batch is not None:
+            per_pair = n_chosen[torch.tensor(whole_batch, device=device)].double().mean()
+        return compute_loss(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t], n_chosen[t], n_rejected[t],
+                            per_pair)
 
     # ---- optimizer, and resume -------------------------------------------------------------------
     # fused: one kernel over every tensor (CPU and CUDA), not a Python loop per parameter;
@@ -259,9 +278,11 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
             # a rank left without pairs (end of an epoch) still joins the collectives, at weight 0
             weight = ctx.world / len(batch) if micro else 0.0
             with dist.no_sync(runner, last=k == len(micros) - 1):
-                out = loss_of(micro or batch[:1], through=runner)
-                # per-pair losses over the global batch, times K because DDP/FSDP average over ranks:
-                # accumulation and K processes both equal one big batch
+                out = loss_of(micro or batch[:1], through=runner, whole_batch=batch)
+                # per-pair losses over the global batch, times K because DDP/FSDP average over ranks;
+                # every loss is a mean of per-pair terms whose batch-wide normalisers (DPO+SFT's
+                # token mean) come from the whole batch, so accumulation and K processes both equal
+                # one big batch (tests/train/test_loop.py and test_distributed.py, every loss)
                 (out.losses.sum() * weight).backward()
             if micro:
                 losses = out.losses.detach()
@@ -317,8 +338,10 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     before = {"chosen": sum(pairs["ref_chosen_logp_mean"][i] for i in keep) / n,
               "rejected": sum(pairs["ref_rejected_logp_mean"][i] for i in keep) / n}
     result = report.assemble(cfg, history, final, before, after, evalset,
-                             {"pairs": n, "pairs_dropped_too_long": dropped, "steps": total_steps,
+                             {"pairs": n, "kinds": sorted(set(pairs["kind"])), "pairs_dropped_too_long": dropped,
+                              "steps": total_steps,
                               "ref_model_hash": ref_hash, "device": device.type, "bf16": bf16,
+                              "shared_prefix": shared,
                               "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
                               else None, "seconds": round(time.time() - started, 2)})
     if ctx.main:
@@ -357,6 +380,13 @@ def _load_pairs(ws, dataset: str) -> dict:
         known = sorted(set(table["dataset"].to_pylist()))
         raise PrefdataError(f"no pairs of dataset {dataset!r} in {ws.root}",
                             f"choose one of: {', '.join(known)}" if known else "build pairs first")
+    # scored but past the reference model's context (score.py leaves their log-probs null): left out
+    unfit = pc.and_(subset["ref_model_hash"].is_valid(),
+                    pc.or_(subset["ref_chosen_logp"].is_null(), subset["ref_rejected_logp"].is_null()))
+    subset = subset.filter(pc.invert(unfit))
+    if subset.num_rows == 0:
+        raise PrefdataError(f"every pair of {dataset!r} is longer than the reference model's context",
+                            "use a model with a longer context, or shorter prompts (see `prefdata score`)")
     missing = subset["ref_chosen_logp"].null_count + subset["ref_rejected_logp"].null_count
     if missing:
         raise PrefdataError(f"{missing} log-probs of {dataset!r} pairs are not scored yet",

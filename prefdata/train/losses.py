@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 if TYPE_CHECKING:
@@ -228,6 +229,7 @@ def dpo_sft_loss(
     ref_rejected_logps: Tensor,
     chosen_tokens: Tensor | None = None,
     rejected_tokens: Tensor | None = None,
+    chosen_tokens_per_pair: Tensor | float | None = None,
     *,
     beta: float = 0.1,
     sft_weight: float = 1.0,
@@ -245,7 +247,14 @@ def dpo_sft_loss(
     affects the DPO term (summed by default).
 
     Per-pair ``losses`` give each pair its token share of the NLL,
-    dpo_i + α·B·(−log π_θ(y_w,i))/Σ|y_w|, so ``losses.mean() == loss``.
+    dpo_i + α·(−log π_θ(y_w,i))/t̄ with t̄ = Σ|y_w|/B the mean chosen length,
+    so ``losses.mean() == loss``.
+
+    ``chosen_tokens_per_pair`` is t̄ over the *whole optimizer batch* when this
+    call sees only part of it (a micro-batch of gradient accumulation, one
+    process's share): with it, the per-pair losses of the parts, summed and
+    divided by the whole batch's B, equal this loss on the whole batch. Left
+    ``None`` it is this batch's own mean.
 
     >>> import torch
     >>> z = torch.zeros(2)
@@ -260,8 +269,10 @@ def dpo_sft_loss(
         chosen_tokens, rejected_tokens, beta=beta, average_log_probs=average_log_probs,
     )  # fmt: skip
     # The NLL uses summed log-probs whatever average_log_probs says: the token mean is taken batch-wide below
-    total_tokens = chosen_tokens.to(policy_chosen_logps.dtype).sum().clamp(min=1)
-    nll = -policy_chosen_logps * policy_chosen_logps.shape[0] / total_tokens
+    per_pair = chosen_tokens_per_pair
+    if per_pair is None:
+        per_pair = chosen_tokens.to(policy_chosen_logps.dtype).sum().clamp(min=1) / policy_chosen_logps.shape[0]
+    nll = -policy_chosen_logps / per_pair
     return _output(dpo.losses + sft_weight * nll, dpo.chosen_rewards, dpo.rejected_rewards)
 
 
@@ -322,6 +333,19 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
+#: TRL's ``loss_type`` names of the losses that are the same here.
+TRL_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
+
+
+def loss_name(name: str) -> str:
+    """Our loss name for ``name``, which may be TRL's ``loss_type`` (``sigmoid`` -> ``dpo``).
+
+    >>> loss_name("sigmoid"), loss_name("ipo"), loss_name("flex_dpo")
+    ('dpo', 'ipo', 'flex_dpo')
+    """
+    return TRL_LOSS_TYPES.get(name, name)
+
+
 def _hyperparameter_names(fn: LossFn) -> tuple[str, ...]:
     """The keyword-only parameters of a loss: its hyperparameters, named like LossConfig fields."""
     params = inspect.signature(fn).parameters.values()
@@ -364,14 +388,14 @@ class LossConfig:
                 raise ValueError(f"loss {self.name!r} does not use {field.name} (used by: {', '.join(users)})")
         for field_name in ("beta", "beta_chosen", "beta_rejected"):
             value = getattr(self, field_name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{field_name} must be > 0, got {value}")
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{field_name} must be a finite number > 0, got {value}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must lie in [0, 0.5), got {self.label_smoothing}")
-        if self.sft_weight is not None and self.sft_weight < 0:
-            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
-        if self.slic_delta < 0:
-            raise ValueError(f"slic_delta must be >= 0, got {self.slic_delta}")
+        if self.sft_weight is not None and not (self.sft_weight >= 0 and math.isfinite(self.sft_weight)):
+            raise ValueError(f"sft_weight must be a finite number >= 0, got {self.sft_weight}")
+        if not (self.slic_delta >= 0 and math.isfinite(self.slic_delta)):
+            raise ValueError(f"slic_delta must be a finite number >= 0, got {self.slic_delta}")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The keyword arguments the loss actually runs with, defaults resolved (for the saved config)."""
@@ -395,15 +419,25 @@ def compute_loss(
     ref_rejected_logps: Tensor,
     chosen_tokens: Tensor | None = None,
     rejected_tokens: Tensor | None = None,
+    chosen_tokens_per_pair: Tensor | float | None = None,
 ) -> LossOutput:
     """Run the loss ``config`` names on a batch; shapes as in the module docstring.
+
+    ``chosen_tokens_per_pair``: the mean chosen length over the whole optimizer
+    batch when this call sees part of it; passed on to the losses that
+    normalise by a batch-wide token count (:func:`dpo_sft_loss`), so that parts
+    sum to the whole. The other losses are sums of per-pair terms and ignore it.
 
     >>> import torch
     >>> z = torch.zeros(2)
     >>> compute_loss(LossConfig("dpo"), z, z, z, z).loss  # Δ = 0 → log 2
     tensor(0.6931)
     """
-    return LOSSES[config.name](
+    fn = LOSSES[config.name]
+    batch_wide = {}
+    if chosen_tokens_per_pair is not None and "chosen_tokens_per_pair" in inspect.signature(fn).parameters:
+        batch_wide["chosen_tokens_per_pair"] = chosen_tokens_per_pair
+    return fn(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-        chosen_tokens, rejected_tokens, **config.hyperparameters(),
+        chosen_tokens, rejected_tokens, **batch_wide, **config.hyperparameters(),
     )  # fmt: skip

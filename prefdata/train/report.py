@@ -26,8 +26,9 @@
 - held-out accuracy: greedy answers to held-out prompts, graded by
   `verify(text, reference_answer)`, before and after.
 
-Written to `WORKSPACE/runs/<dataset>-<loss>/` as report.txt, report.json, report.png;
-`combined_report(ws)` lays all runs side by side.
+Written to `WORKSPACE/runs/<dataset>-<loss>/` as report.txt, report.json, report.png
+(`prefdata.train.plots`); `combined_report(ws)` lays all runs side by side
+(runs/combined.txt, .json, .png).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
+from prefdata.train import plots
 
 
 # -- evaluation data ----------------------------------------------------------------------------
@@ -143,16 +145,31 @@ def _per_token(model, tokenizer, seqs, cfg, bf16) -> list[float]:
     return [s / len(c) for s, (_, c) in zip(sums, seqs)]
 
 
+def _pairs_per_token(model, tokenizer, prompts, chosen, rejected, cfg, bf16) -> tuple[list[float], list[float]]:
+    """Per-token mean log-probs of each pair's chosen and rejected, with each prompt computed once
+    when `cfg.shared_prefix` and the model's attention allow it (prefdata.train.packing)."""
+    from prefdata.train.packing import score_pairs_shared, supports_shared_prefix
+
+    if not (cfg.shared_prefix and supports_shared_prefix(model)):
+        values = _per_token(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)), cfg, bf16)
+        return values[:len(chosen)], values[len(chosen):]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sums = score_pairs_shared(model, pad, list(zip(prompts, chosen, rejected)), cfg.eval_batch_tokens,
+                              cfg.chunk_positions, bf16)
+    return ([s / len(c) for s, c in zip(sums[0], chosen)], [s / len(r) for s, r in zip(sums[1], rejected)])
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
 def measure(model, tokenizer, evalset: EvalSet, cfg, bf16: bool) -> dict:
     """Mean per-token log-prob of the eval chosen, eval rejected and unpaired responses (by origin)."""
-    k = len(evalset.eval_chosen)
-    values = _per_token(model, tokenizer, evalset.eval_chosen + evalset.eval_rejected + evalset.heldout, cfg, bf16)
-    heldout = values[2 * k:]
-    return {"chosen": _mean(values[:k]), "rejected": _mean(values[k:2 * k]), "dispersion": _mean(heldout),
+    chosen, rejected = _pairs_per_token(model, tokenizer, [p for p, _ in evalset.eval_chosen],
+                                        [c for _, c in evalset.eval_chosen], [r for _, r in evalset.eval_rejected],
+                                        cfg, bf16)
+    heldout = _per_token(model, tokenizer, evalset.heldout, cfg, bf16) if evalset.heldout else []
+    return {"chosen": _mean(chosen), "rejected": _mean(rejected), "dispersion": _mean(heldout),
             "dispersion_by_origin": {o: _mean([v for v, vo in zip(heldout, evalset.heldout_origin) if vo == o])
                                      for o in sorted(set(evalset.heldout_origin))}}
 
@@ -262,8 +279,8 @@ def accuracy(model, tokenizer, evalset: EvalSet, cfg, verify: Callable[[str, str
 
 def table1_after(model, tokenizer, prompts, chosen, rejected, cfg, bf16) -> dict:
     """Mean per-token log-prob of every trained pair's chosen and rejected under the trained model."""
-    values = _per_token(model, tokenizer, list(zip(prompts, chosen)) + list(zip(prompts, rejected)), cfg, bf16)
-    return {"chosen": _mean(values[:len(chosen)]), "rejected": _mean(values[len(chosen):])}
+    chosen_values, rejected_values = _pairs_per_token(model, tokenizer, prompts, chosen, rejected, cfg, bf16)
+    return {"chosen": _mean(chosen_values), "rejected": _mean(rejected_values)}
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -343,58 +360,38 @@ def format_probability_gradients(first: dict, last: dict) -> list[str]:
         for label, key, spec in rows]
 
 
-def _plot(result: dict, path: Path) -> None:
-    # Figure + Agg canvas directly: no pyplot global state, no display backend needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 8), tight_layout=True)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(2, 2, 1)
-    steps = [t["step"] for t in result["trajectory"]]
-    for key, style in (("chosen", "-o"), ("rejected", "-s"), ("dispersion", "--")):
-        values = [t[key] for t in result["trajectory"]]
-        if any(v is not None for v in values):
-            ax.plot(steps, values, style, label="unpaired" if key == "dispersion" else key, markersize=3)
-    ax.set(title="mean per-token log-prob (eval subset)", xlabel="step", ylabel="log-prob / token")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 2)
-    for side in ("chosen", "rejected"):
-        ax.plot([g["step"] for g in result["gradients"]], [g[side] for g in result["gradients"]], "-o",
-                label=side, markersize=3)
-    ax.set(title="loss-gradient norm through each side (probe batch)", xlabel="step", yscale="log")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 3)
-    ax.plot([t["step"] for t in result["train"]], [t["loss"] for t in result["train"]], label="loss")
-    ax.plot([t["step"] for t in result["train"]], [t["reward_accuracy"] for t in result["train"]],
-            label="reward accuracy", alpha=0.6)
-    ax.set(title="training", xlabel="step")
-    ax.legend()
-    ax = fig.add_subplot(2, 2, 4)
-    labels = ["chosen", "rejected", "unpaired"]
-    cells = [result["table1"]["chosen"], result["table1"]["rejected"], result["dispersion"]]
-    for k, (when, offset) in enumerate((("before", -0.2), ("after", 0.2))):
-        ax.bar([i + offset for i in range(3)], [c[when] or 0.0 for c in cells], width=0.4, label=when)
-    ax.set_xticks(range(3), labels)
-    ax.set(title="Table 1: mean per-token log-prob", ylabel="log-prob / token")
-    ax.legend()
-    fig.suptitle(result["run"])
-    fig.savefig(path, dpi=100)
-
-
 def write_report(run_dir: Path, result: dict) -> None:
     from prefdata.store import atomic_write_bytes
 
     run_dir = Path(run_dir)
     atomic_write_bytes(run_dir / "report.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write_bytes(run_dir / "report.txt", (format_run(result) + "\n").encode())
-    _plot(result, run_dir / "report.png")
+    try:
+        _write_png(run_dir / "report.png", lambda path: plots.plot_run(result, path))
+    except ModuleNotFoundError as err:  # the numbers are in report.json/.txt; only the picture needs matplotlib
+        if err.name != "matplotlib" and not str(err.name).startswith("matplotlib."):
+            raise
+        import warnings
+
+        warnings.warn("report.png not written: matplotlib is not installed (pip install matplotlib)", stacklevel=2)
+
+
+def _write_png(path: Path, draw) -> None:
+    """Draw into a temp file, then rename: a reader never sees half a PNG."""
+    import os
+
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        draw(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def combined_report(ws) -> dict:
-    """All finished runs of the workspace side by side; writes runs/combined.{txt,json}.
+    """All finished runs of the workspace side by side; writes runs/combined.{txt,json,png}.
 
-    Returns {"runs": [per-run summary], "text": the table}.
+    Returns {"runs": [per-run summary], "text": the table, "files": the paths written}.
     """
     from prefdata.store import atomic_write_bytes
 
@@ -418,4 +415,6 @@ def combined_report(ws) -> dict:
     text = "\n".join(lines)
     atomic_write_bytes(runs_dir / "combined.json", (json.dumps({"runs": summary}, indent=2) + "\n").encode())
     atomic_write_bytes(runs_dir / "combined.txt", (text + "\n").encode())
-    return {"runs": summary, "text": text}
+    _write_png(runs_dir / "combined.png", lambda path: plots.plot_runs(results, path))
+    files = [runs_dir / f"combined.{ext}" for ext in ("txt", "json", "png")]
+    return {"runs": summary, "text": text, "files": files}

@@ -103,25 +103,31 @@ def test_configs_validate_and_serialise():
         cfg.origin = "other"  # frozen
 
 
-def test_reference_candidates(tmp_path):
+def test_reference_candidates(tmp_path, random_model_dir):
+    tok = load_tokenizer(random_model_dir)
     prompts = make_prompts(3)
     prompts = prompts.set_column(prompts.schema.get_field_index("reference_solution"), "reference_solution",
                                  pa.array(["a b c", None, "x  y\nz"]))
-    table = reference_candidates(prompts)
+    table = reference_candidates(prompts, tok)
     assert table.num_rows == 2
     rows = table.to_pylist()
-    assert [r["token_count"] for r in rows] == [3, 3]  # whitespace-separated words without a tokenizer
+    assert [r["token_count"] for r in rows] == [5, 6]  # model tokens (one per character), not words
     assert {r["origin"] for r in rows} == {"reference"} and {r["backend"] for r in rows} == {"reference"}
     assert {r["finish_reason"] for r in rows} == {"reference"}
     assert all(r["logprob"] is None and r["model_name"] == "test" for r in rows)
     assert len({r["candidate_id"] for r in rows}) == 2
 
     ws = Workspace.create(tmp_path / "ws")
-    assert write_reference_candidates(ws, prompts) == 2
-    assert write_reference_candidates(ws, prompts) == 2  # same content, same part: no duplicates
+    assert write_reference_candidates(ws, prompts, tok) == 2
+    assert write_reference_candidates(ws, prompts, tok) == 0  # already stored: nothing new, no duplicates
     assert ws.count("candidates") == 2
-    write_reference_candidates(ws, make_prompts(4))  # a new prompt set replaces the old references
-    assert ws.count("candidates") == 4
+    old_ids = set(ws.read("candidates").column("candidate_id").to_pylist())
+    # Another prompt set (other reference texts): its references are added beside the old ones,
+    # which pairs of other datasets may refer to; stored ones are not written again.
+    assert write_reference_candidates(ws, make_prompts(4), tok) == 4
+    assert write_reference_candidates(ws, make_prompts(5), tok) == 1
+    ids = set(ws.read("candidates").column("candidate_id").to_pylist())
+    assert old_ids < ids and len(ids) == ws.count("candidates") == 7
 
 
 def test_reference_token_count_with_tokenizer(random_model_dir):

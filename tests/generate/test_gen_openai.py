@@ -37,6 +37,7 @@ def server(random_model_dir, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(random_model_dir),
            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048",
+           "--dtype", "float32",  # the checkpoint's dtype, which the offline backends run it in
            "--enforce-eager", "--gpu-memory-utilization", "0.3", "--load-format", "safetensors",
            "--enable-prefix-caching"]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
@@ -120,6 +121,20 @@ def test_endpoint_errors_are_one_line(random_model_dir, server):
         backend = OpenAIBackend(str(random_model_dir), "h", url=server, served_model="no-such-model", retries=0)
         backend.generate([Request("x", (5, 6), 0)], SamplingConfig(n=1, max_tokens=2))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_endpoint_drops_prompts_past_the_context_and_stops_at_it(tmp_path, random_model_dir, server):
+    """The server's max_model_len is the model's 2048: a 2048-token prompt would be refused with
+    HTTP 400 (and 2042 tokens + max_tokens 32 too); the first never leaves prefdata, the second
+    asks for only the 6 tokens that fit."""
+    from .test_gen_context import _check, _prompts
+
+    prompts, lengths = _prompts(random_model_dir)
+    ws = Workspace.create(tmp_path / "ws")
+    stats = generate_candidates(ws, prompts, _cfg(random_model_dir, server, n=2, max_tokens=32, seed=1))
+    _check(ws, stats, lengths)
 
 
 def test_unreachable_endpoint_is_a_user_error(random_model_dir):

@@ -125,3 +125,17 @@ def test_many_seeded_prompts_in_one_call(random_model_dir, vllm_backend):
     assert sum(len(r.prompt_ids) for r in requests) * 8 > 4096
     outs = vllm_backend.generate(requests, SamplingConfig(n=8, max_tokens=4))
     assert [len(o) for o in outs] == [8] * 40
+
+
+def test_prompt_longer_than_the_context_is_a_one_line_error(vllm_backend):
+    """A prompt that does not fit the model's context is refused by prefdata with both lengths named,
+    before vLLM sees it (vLLM's own refusal is a multi-line validation traceback). (Dropping such
+    prompts with a counted reason, before they reach a backend, is the generate stage's job.)"""
+    from prefdata.errors import PrefdataError
+
+    context = vllm_backend._context()
+    assert isinstance(context, int) and context > 0
+    too_long = Request(prompt="1+1=" * 10, prompt_ids=tuple([5] * (context + 10)), seed=0)
+    with pytest.raises(PrefdataError, match=rf"has {context + 10} tokens.*context of {context} tokens") as err:
+        vllm_backend.generate([too_long], SamplingConfig(n=1, max_tokens=4))
+    assert "\n" not in str(err.value)

@@ -14,3 +14,15 @@ def slow_check(answer: str, reference: str):
     if "CRASH" in answer:
         raise ValueError("boom")
     return check_with_math_verify(answer, reference)
+
+
+def die_at_start() -> None:
+    """A worker initializer that kills its own process before the worker is ready."""
+    import os
+
+    os._exit(3)
+
+
+def fail_at_start() -> None:
+    """A worker initializer that raises, as a missing package's import would."""
+    raise ImportError("No module named 'math_verify_missing'")

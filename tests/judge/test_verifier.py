@@ -7,7 +7,8 @@ import pytest
 from prefdata.judge.base import JudgeItem
 from prefdata.judge.pool import TimeoutPool
 from prefdata.judge.verifier import RuleVerifier, VerifierConfig, extract_answer, plain_number
-from tests.judge.helpers import slow_check
+from prefdata.errors import PrefdataError
+from tests.judge.helpers import die_at_start, fail_at_start, slow_check
 
 REF = "We compute 12 + 7 = 19.\nThen 19 * 3 = 57.\n#### 57"
 
@@ -96,3 +97,52 @@ def test_pool_keeps_input_order_with_two_workers():
         out = pool.map([(str(i), str(i % 2)) for i in range(10)])
     assert [status for status, _ in out] == ["ok"] * 10
     assert [value[1] for _, value in out] == [i % 2 == i for i in range(10)]
+
+
+@pytest.mark.parametrize("initializer, why", [(die_at_start, "died at start (exit code 3)"),
+                                              (fail_at_start, "ImportError: No module named")])
+def test_pool_gives_up_after_bounded_failed_starts(initializer, why):
+    """A worker that never becomes ready is replaced a bounded number of times, then the pool
+    stops with one line saying why; before, it respawned about once a second, forever."""
+    pool = TimeoutPool(slow_check, workers=2, timeout_s=30, initializer=initializer, max_start_failures=3,
+                       name="test pool")
+    start = time.perf_counter()
+    with pytest.raises(PrefdataError) as caught:
+        pool.map([("1", "1"), ("2", "2")])
+    assert time.perf_counter() - start < 60
+    message = str(caught.value)
+    assert "test pool could not start a worker process: 3 failed starts in a row" in message
+    assert why in message and "\n" not in message
+    assert pool._workers == []  # every process it started is gone
+
+
+# Final-answer styles of real model outputs, written by hand; each must be read by a rule
+# (not the math-verify fallback), so that plain numbers are checked in process.
+STYLES = [
+    ("Natalia sold 48 clips in April and 24 in May.\n48 + 24 = 72\n#### 72", "72"),
+    ("She sold 48 + 24 = 72 clips altogether. The answer is 72.", "72"),
+    ("Q: How many clips did Natalia sell?\nA: 72", "72"),
+    ("Q: How many clips?\nA: 72 clips", "72"),
+    ("Adding, $48 + 24 = 72$, so the total is $\\boxed{72}$.", "72"),
+    ("The sum is \\boxed{72}. The answer is \\boxed{72}", "72"),
+    ("First \\boxed{70}, corrected: \\boxed{72}", "72"),
+    ("It costs $\\boxed{\\frac{3}{4}}$ dollars.", "\\frac{3}{4}"),
+    ("The answer is $18.", "18"),
+    ("The answer is 3.5 km.", "3.5"),
+]
+
+
+@pytest.mark.parametrize("text, expected", STYLES)
+def test_extract_answer_reads_common_styles(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_common_styles_are_judged_without_the_pool():
+    responses = [text for text, answer in STYLES if answer == "72"]
+    wrong = ["So the total is $\\boxed{71}$.", "Q: total?\nA: 70", "#### 7", "The answer is 720."]
+    items = [item(r, None, "72", cid=str(i)) for i, r in enumerate(responses + wrong)]
+    with RuleVerifier(VerifierConfig(workers=1)) as verifier:
+        verdicts = verifier.judge(items)
+        assert verifier._pool is None  # every answer was read by a rule and compared in process
+    assert [v.correct for v in verdicts] == [True] * len(responses) + [False] * len(wrong)
+    assert verifier.stats["fast_path"] == 5  # "72" once (then cached), the four wrong answers

@@ -27,7 +27,25 @@ def gsm_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "tinygsm" / "train.jsonl", GSM_ROWS)
 
 
-def gsm8k_dir() -> Path:
-    """The real GSM8K files: $PREFDATA_GSM8K_DIR, else /work/shared/data/gsm8k beside the repo."""
+# The published GSM8K sizes (train, test), and those of the small hand-written stand-in in
+# tests/data/gsm8k (same format, our own problems) used where the real files are not there.
+REAL_GSM8K_SIZES = (7473, 1319)
+FIXTURE_GSM8K = Path(__file__).parents[1] / "data" / "gsm8k"
+FIXTURE_GSM8K_SIZES = (12, 10)
+
+
+def real_gsm8k_dir() -> Path:
+    """Where the real GSM8K files are looked for: $PREFDATA_GSM8K_DIR, else ../shared/data/gsm8k
+    beside the checkout."""
     env = os.environ.get("PREFDATA_GSM8K_DIR")
     return Path(env) if env else (Path(__file__).parents[2] / ".." / "shared" / "data" / "gsm8k").resolve()
+
+
+def gsm8k_dir() -> Path:
+    """The real GSM8K files when present, else the hand-written stand-in: never a skip."""
+    real = real_gsm8k_dir()
+    return real if (real / "train.jsonl").is_file() and (real / "test.jsonl").is_file() else FIXTURE_GSM8K
+
+
+def gsm8k_sizes(folder: Path) -> tuple[int, int]:
+    return FIXTURE_GSM8K_SIZES if folder == FIXTURE_GSM8K else REAL_GSM8K_SIZES

@@ -184,3 +184,70 @@ def test_a_line_longer_than_a_read_block_always_exits_with_our_error(tmp_path):
         pair = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL) for _ in range(2)]
         codes += [p.wait(timeout=120) for p in pair]
     assert codes == [2] * len(codes), codes
+
+
+def test_json_nesting_is_capped_but_brackets_in_text_are_not_nesting(tmp_path):
+    from prefdata.sources.guards import MAX_JSON_DEPTH
+
+    ok = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)  # inside the row's object: depth 100
+    deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH  # depth 101
+    brackets = json.dumps("[{" * 5000 + " \\\" [")  # text full of brackets and an escaped quote
+    path = tmp_path / "p.jsonl"
+    path.write_text(f'{{"prompt": "a", "x": {ok}}}\n{{"prompt": {brackets}}}\n')
+    table, _ = load_prompts(SourceSpec(str(path)))
+    assert table.num_rows == 2
+    path.write_text(f'{{"prompt": "a"}}\n{{"prompt": "b", "x": {deep}}}\n')
+    msg = fails(SourceSpec(str(path)))
+    assert f"deeper than {MAX_JSON_DEPTH} levels (line 2)" in msg and str(path) in msg
+
+
+@pytest.mark.parametrize("text,lone", [("\\ud83d\\ude00", False), ("\\\\ud800", False), ("\\ud800", True),
+                                       ("\\udc00", True), ("x\\ud83dy", True), ("\\\\\\ud800", True)])
+def test_lone_surrogate_escapes_are_refused_pairs_are_kept(tmp_path, text, lone):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "' + text + '"}\n')
+    if lone:
+        msg = fails(SourceSpec(str(path)))
+        assert "unpaired UTF-16 surrogate" in msg and "(line 2)" in msg
+    else:
+        table, _ = load_prompts(SourceSpec(str(path)))
+        assert table.column("prompt").to_pylist()[1] == json.loads('"' + text + '"')
+
+
+def test_shards_with_int_and_text_answers_load_as_text(tmp_path):
+    """answer 72 in one shard and "73" in another: the column becomes text, as across rows of one file."""
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train-00000-of-00002.jsonl", [{"prompt": "a", "answer": 72}])
+    write_jsonl(folder / "train-00001-of-00002.jsonl", [{"prompt": "b", "answer": "73"}])
+    table, _ = load_prompts(SourceSpec(str(folder)))
+    assert table.column("reference_answer").to_pylist() == ["72", "73"]
+
+
+def test_shards_whose_column_is_text_in_one_and_a_list_in_another_are_refused(tmp_path):
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train-00000-of-00002.jsonl", [{"prompt": "a"}])
+    write_jsonl(folder / "train-00001-of-00002.jsonl", [{"prompt": ["b", "c"]}])
+    msg = fails(SourceSpec(str(folder)))
+    assert "column 'prompt' is" in msg and "train-00000-of-00002.jsonl" in msg and "train-00001" in msg
+
+
+def test_prompts_over_the_size_cap_are_dropped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "short", "solution": "ok"},
+        {"prompt": "é" * 600, "solution": "ok"},            # 1,200 UTF-8 bytes: over a 1,000-byte cap
+        {"prompt": "fine", "solution": "s" * 1001},         # its reference is what is too large
+        {"prompt": "x" * 990, "solution": "1234567890"},    # exactly 1,000 bytes: kept
+    ])
+    table, stats = load_prompts(SourceSpec(str(path), max_prompt_bytes=1000))
+    assert table.column("prompt").to_pylist() == ["short", "x" * 990]
+    assert stats.too_large == 2 and stats.rows_read == 4 and stats.rows_kept == 2
+    assert table.column("source_index").to_pylist() == [0, 3]
+    table, stats = load_prompts(SourceSpec(str(path)))  # the default cap (1 MB) keeps all
+    assert stats.too_large == 0 and table.num_rows == 4
+    chat = write_jsonl(tmp_path / "chat.jsonl", [  # chat messages count too, every turn
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"messages": [{"role": "system", "content": "s" * 600}, {"role": "user", "content": "u" * 600}]}])
+    table, stats = load_prompts(SourceSpec(str(chat), max_prompt_bytes=1000))
+    assert stats.too_large == 1 and table.column("prompt").to_pylist() == ["hi"]
+    msg = fails(SourceSpec(str(path), max_prompt_bytes=3))
+    assert "every row of" in msg and "max_prompt_bytes=3" in msg

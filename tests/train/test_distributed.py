@@ -27,6 +27,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from prefdata.train.losses import LOSSES  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 
@@ -48,6 +50,13 @@ def _tiny_world(root):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.tiny_world(root, n_pairs=9, n_test=2)
+
+
+def _load_test_loop():
+    spec = importlib.util.spec_from_file_location("_test_loop_dist", Path(__file__).with_name("test_loop.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _free_port() -> int:
@@ -117,6 +126,36 @@ def test_two_processes_match_one(tmp_path):
 
 
 @pytest.mark.slow
+def test_every_loss_two_processes_give_the_one_batch_gradient(tmp_path):
+    """Every loss in losses.py: the first step's gradient on 2 gloo processes (DDP, each rank 2
+    pairs in micro-batches of 1) equals one process's gradient on the batch of 4 in one piece."""
+    loop_tests = _load_test_loop()
+    ws, model_dir = _tiny_world(tmp_path / "world")
+    out = tmp_path / "runs"
+    out.mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(torchrun + [str(Path(__file__).with_name("_dist_worker.py")), "--gradients",
+                                        str(ws.root), str(model_dir), str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        single = {loss.name: loop_tests.first_step_gradient(ws, loop_tests.grad_config(
+            model_dir, loss, out / f"single-{loss.name}")) for loss in loop_tests.EVERY_LOSS}
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log[-4000:]
+    assert sorted(single) == sorted(LOSSES)
+    for name, whole in single.items():
+        two = torch.load(out / f"grad-{name}.pt")
+        rel = ((two - whole).norm() / whole.norm()).item()
+        print(f"{name}: 2 processes vs one batch: relative gradient difference {rel:.1e}")
+        assert whole.norm() > 0 and rel < 1e-5, name
+
+
+@pytest.mark.slow
 def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
     """`torchrun ... prefdata train` on a workspace whose pairs have no reference log-probs:
     rank 0 scores (the only writer), rank 1 waits, both train, one model is written."""
@@ -148,3 +187,4 @@ def test_torchrun_cli_scores_on_rank_zero_and_trains(tmp_path):
     hashes = Workspace.open(ws_dir).read("pairs")["ref_model_hash"].to_pylist()
     assert set(hashes) == {model_hash(model_dir)}  # scored once, by rank 0
     assert (out / "model" / "model.safetensors").is_file()
+    assert done.stdout.count(f"model: {out / 'model'} ") == 1  # says where the model went, once (rank 0)

@@ -170,6 +170,63 @@ def test_gradient_accumulation_equals_one_big_batch(world, tmp_path):
     assert diff < 1e-5
 
 
+# Every loss with every term switched on (an SFT weight of 0 would not test the SFT term).
+EVERY_LOSS = [LossConfig("dpo", beta=0.3), LossConfig("ipo", beta=0.3),
+              LossConfig("cdpo", beta=0.3, label_smoothing=0.2),
+              LossConfig("flex_dpo", beta_chosen=0.5, beta_rejected=0.1),
+              LossConfig("dpo_sft", beta=0.3, sft_weight=0.7), LossConfig("slic", slic_delta=40.0, sft_weight=0.3)]
+
+
+def first_step_gradient(ws, cfg: TrainConfig) -> torch.Tensor:
+    """The gradient the loop's first optimizer step applies (all parameters, flattened, fp64),
+    read where the loop clips it: after accumulation and after DDP's all-reduce."""
+    import torch.nn.utils as nn_utils
+
+    seen, clip = [], nn_utils.clip_grad_norm_
+
+    def record(params, *args, **kwargs):
+        params = list(params)
+        if not seen:
+            seen.append(torch.cat([p.grad.detach().double().flatten() for p in params]))
+        return clip(params, *args, **kwargs)
+
+    nn_utils.clip_grad_norm_ = record
+    try:
+        train(ws, dataclasses.replace(cfg, max_steps=1, eval_every=0, checkpoint_every=0))
+    finally:
+        nn_utils.clip_grad_norm_ = clip
+    return seen[0]
+
+
+def grad_config(model_dir, loss, out, **changes) -> TrainConfig:
+    """One optimizer step of 4 pairs, cheap measurements; shared with _dist_worker.py."""
+    base = dict(dataset="scenario2", model_path=str(model_dir), loss=loss, lr=1e-3, batch_size=4, grad_accum=1,
+                max_steps=1, eval_pairs=2, probe_pairs=1, heldout_responses=2, heldout_prompts=0,
+                max_grad_norm=None, device="cpu", output_dir=str(out))
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_every_loss_is_in_the_gradient_checks():
+    from prefdata.train.losses import LOSSES
+
+    assert sorted(c.name for c in EVERY_LOSS) == sorted(LOSSES)
+
+
+@pytest.mark.parametrize("loss", EVERY_LOSS, ids=lambda c: c.name)
+def test_every_loss_accumulated_gradient_equals_one_batch(world, tmp_path, loss):
+    """One batch of 4 pairs, 2 micro-batches of 2 and 4 of 1 with accumulation: the same gradient.
+    (The pairs' chosen lengths differ, so a per-micro-batch token normaliser would show.)"""
+    ws, model_dir = world
+    whole = first_step_gradient(ws, grad_config(model_dir, loss, tmp_path / "one"))
+    for size, accum in ((2, 2), (1, 4)):
+        parts = first_step_gradient(ws, grad_config(model_dir, loss, tmp_path / f"acc{accum}", batch_size=size,
+                                                    grad_accum=accum))
+        rel = ((parts - whole).norm() / whole.norm()).item()
+        print(f"{loss.name}: {accum} micro-batches vs one batch: relative gradient difference {rel:.1e}")
+        assert whole.norm() > 0 and rel < 1e-5
+
+
 def test_nan_loss_raises_and_keeps_the_last_checkpoint(world, tmp_path, monkeypatch):
     from prefdata.train import losses
 

@@ -157,6 +157,75 @@ def test_every_loss_has_mean_loss_detached_rewards_and_gradients(name):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_defaults_are_the_documented_ones():
+    """Each loss called with no hyperparameters: cDPO's ε = 0 and Flex-DPO's β_c = β_r = β are
+    DPO, SLiC's λ = 0 is the bare hinge with δ = 1, IPO averages, DPO+SFT's α = 1 and β = 0.1.
+    (A mutation test found cDPO's default untested: every call passed label_smoothing.)"""
+    pc, pr, rc, rr, nc, nr = random_batch(3)
+    dpo = L.dpo_loss(pc, pr, rc, rr)
+    expected_dpo = [nlogsig(0.1 * ((a - c) - (b - d))) for a, b, c, d in zip(pc, pr, rc, rr)]
+    assert dpo.losses.tolist() == pytest.approx(expected_dpo, abs=1e-5)
+    torch.testing.assert_close(L.cdpo_loss(pc, pr, rc, rr).losses, dpo.losses)
+    torch.testing.assert_close(L.flex_dpo_loss(pc, pr, rc, rr).losses, dpo.losses)
+    hinge = [max(0.0, 1.0 - a + b) for a, b in zip(pc.tolist(), pr.tolist())]
+    assert L.slic_loss(pc, pr, rc, rr).losses.tolist() == pytest.approx(hinge, abs=1e-5)
+    torch.testing.assert_close(L.ipo_loss(pc, pr, rc, rr, nc, nr).losses,
+                               L.ipo_loss(pc, pr, rc, rr, nc, nr, average_log_probs=True).losses)
+    sft = L.dpo_sft_loss(pc, pr, rc, rr, nc, nr).loss.item()
+    assert sft == pytest.approx(dpo.loss.item() + (-pc.sum() / nc.sum()).item(), abs=1e-5)
+
+
+# Every loss with every term switched on: a loss whose extra term sits at its default 0 would
+# pass the split test below without testing that term.
+ALL_TERMS = {"dpo": LossConfig("dpo", beta=0.3), "ipo": LossConfig("ipo", beta=0.3),
+             "cdpo": LossConfig("cdpo", beta=0.3, label_smoothing=0.2),
+             "flex_dpo": LossConfig("flex_dpo", beta_chosen=0.5, beta_rejected=0.1),
+             "dpo_sft": LossConfig("dpo_sft", beta=0.3, sft_weight=0.7),
+             "slic": LossConfig("slic", slic_delta=40.0, sft_weight=0.3)}
+
+
+def test_all_terms_covers_every_loss():
+    assert sorted(ALL_TERMS) == sorted(LOSSES)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("parts", [2, 4])
+def test_split_batch_gives_the_whole_batch_gradient(name, parts):
+    """What the loop does for gradient accumulation and for K processes: each part's per-pair
+    losses, summed and divided by the whole batch's B (with the whole batch's chosen-token mean
+    passed in), back-propagate the same gradient as the whole batch's mean loss."""
+    pc, pr, rc, rr, nc, nr = (x.double() if x.is_floating_point() else x for x in random_batch(1, b=4))
+    whole_pc, whole_pr = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    compute_loss(ALL_TERMS[name], whole_pc, whole_pr, rc, rr, nc, nr).loss.backward()
+    part_pc, part_pr = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    per_pair = nc.double().mean()
+    for idx in torch.arange(4).chunk(parts):
+        out = compute_loss(ALL_TERMS[name], part_pc[idx], part_pr[idx], rc[idx], rr[idx], nc[idx], nr[idx],
+                           per_pair)
+        (out.losses.sum() / 4).backward()
+    torch.testing.assert_close(part_pc.grad, whole_pc.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(part_pr.grad, whole_pr.grad, rtol=1e-12, atol=1e-12)
+    assert whole_pc.grad.abs().min() > 0  # every pair's chosen side gets a gradient
+
+
+def test_dpo_sft_micro_batch_normaliser_is_the_batch_mean():
+    """The bug this guards: normalising the SFT term by each micro-batch's own token count makes
+    accumulation differ from one batch (4 pairs, chosen lengths 2, 4, 6, 20)."""
+    pc, pr, rc, rr = t(-3.0, -5.0, -9.0, -30.0), t(-4.0, -4.0, -4.0, -4.0), t(-3.0, -5.0, -9.0, -30.0), \
+        t(-4.0, -4.0, -4.0, -4.0)
+    nc, nr = torch.tensor([2, 4, 6, 20]), torch.tensor([3, 3, 3, 3])
+    whole = L.dpo_sft_loss(pc, pr, rc, rr, nc, nr, sft_weight=1.0).loss.item()
+    # log 2 from DPO (all margins 0) + NLL (3+5+9+30)/(2+4+6+20)
+    assert whole == pytest.approx(math.log(2) + 47 / 32, abs=1e-6)
+    halves = [L.dpo_sft_loss(pc[s], pr[s], rc[s], rr[s], nc[s], nr[s], 8.0, sft_weight=1.0).losses.sum().item()
+              for s in (slice(0, 2), slice(2, 4))]
+    assert sum(halves) / 4 == pytest.approx(whole, abs=1e-6)
+    own = [L.dpo_sft_loss(pc[s], pr[s], rc[s], rr[s], nc[s], nr[s], sft_weight=1.0).losses.sum().item()
+           for s in (slice(0, 2), slice(2, 4))]
+    # each half's own token mean instead: log 2 + (8/6 + 39/26)/2 = log 2 + 1.4167, not 1.4688
+    assert sum(own) / 4 == pytest.approx(math.log(2) + (8 / 6 + 39 / 26) / 2, abs=1e-6)
+
+
 def test_input_errors():
     with pytest.raises(ValueError, match="token counts"):
         L.ipo_loss(PC, PR, RC, RR)  # averaging by default needs counts

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 from prefdata.train.loop import train  # noqa: E402
 from prefdata.train.losses import LossConfig  # noqa: E402
 from prefdata.train.report import build_evalset, combined_report, default_verify  # noqa: E402
+from tests.reference_forward import plain_logp  # noqa: E402
 
 # The tiny world is defined once, in test_loop.py; loaded by path so any pytest import mode works.
 _spec = importlib.util.spec_from_file_location("_tiny_world", Path(__file__).with_name("test_loop.py"))
@@ -48,8 +49,7 @@ def test_report_json_has_the_fields(runs):
     pairs = ws.read("pairs").to_pydict()
     n = len(pairs["pair_id"])
     assert saved["table1"]["chosen"]["before"] == pytest.approx(sum(pairs["ref_chosen_logp_mean"]) / n, abs=1e-12)
-    # The step-0 measurement of the base model agrees with the stored values it replaces.
-    assert saved["trajectory"][0]["step"] == 0
+    assert saved["trajectory"][0]["step"] == 0  # its values: test_table1_before_and_after_are_right
     assert [t["step"] for t in saved["trajectory"]] == [0, 2, 3]
     assert [g["step"] for g in saved["gradients"]] == [0, 2, 3]
     assert all(g["chosen"] > 0 and g["rejected"] > 0 for g in saved["gradients"])
@@ -67,6 +67,50 @@ def test_report_json_has_the_fields(runs):
     print(text)
 
 
+def test_table1_before_and_after_are_right(runs):
+    """Before training: Table 1 is the stored reference log-probs, and the step-0 measurement of
+    the base model on the eval subset equals the stored values of those pairs. After: Table 1
+    equals a plain full-logits forward of the saved model, with ids from the tokenizer alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefdata.score import load_model
+    from prefdata.train.report import tokenize_pairs
+
+    ws, model_dir, dpo, _, _ = runs
+    pairs = ws.read("pairs").to_pydict()
+    n = len(pairs["pair_id"])
+    assert dpo["pairs"] == n and dpo["pairs_dropped_too_long"] == 0
+    stored = {side: [v for v in pairs[f"ref_{side}_logp_mean"]] for side in ("chosen", "rejected")}
+    for side in ("chosen", "rejected"):
+        assert dpo["table1"][side]["before"] == pytest.approx(sum(stored[side]) / n, abs=1e-12)
+    assert dpo["table1"]["margin"]["before"] == pytest.approx(
+        (sum(stored["chosen"]) - sum(stored["rejected"])) / n, abs=1e-12)
+
+    # step 0: the same seeded eval subset the run measured, from its config
+    _, tokenizer = load_model(model_dir, "cpu")
+    cfg = _world.tiny_config(model_dir, max_steps=3, eval_every=2, checkpoint_every=0)
+    evalset = build_evalset(ws, cfg, tokenizer, pairs, list(range(n)), tokenize_pairs(tokenizer, pairs))
+    step0 = dpo["trajectory"][0]
+    assert step0["step"] == 0 and len(evalset.eval_idx) == cfg.eval_pairs
+    for side in ("chosen", "rejected"):
+        want = sum(stored[side][i] for i in evalset.eval_idx) / len(evalset.eval_idx)
+        assert step0[side] == pytest.approx(want, abs=1e-5), side
+        assert dpo["eval_subset"][side]["before"] == step0[side]
+
+    trained = Path(ws.root) / "runs" / "scenario2-dpo" / "model"
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(trained)
+    for side in ("chosen", "rejected"):
+        per_token = []
+        for prompt, messages, text in zip(pairs["prompt"], pairs["messages"], pairs[side]):
+            total, tokens = plain_logp(model, tok, prompt, messages, text)
+            per_token.append(total / tokens)
+        after = sum(per_token) / n
+        print(f"{side}: after {dpo['table1'][side]['after']:.6f}, independent forward {after:.6f}")
+        assert dpo["table1"][side]["after"] == pytest.approx(after, abs=1e-5), side
+    assert dpo["table1"]["chosen"]["after"] != pytest.approx(dpo["table1"]["chosen"]["before"], abs=1e-4)
+
+
 def test_combined_report_lays_runs_side_by_side(runs):
     ws = runs[0]
     combined = combined_report(ws)
@@ -74,7 +118,38 @@ def test_combined_report_lays_runs_side_by_side(runs):
     assert "scenario2-ipo" in combined["text"].splitlines()[0]
     saved = json.loads((Path(ws.root) / "runs" / "combined.json").read_text())
     assert saved["runs"][1]["table1"]["rejected"]["after"] == runs[3]["table1"]["rejected"]["after"]
+    runs_dir = Path(ws.root) / "runs"
+    assert combined["files"] == [runs_dir / "combined.txt", runs_dir / "combined.json", runs_dir / "combined.png"]
+    assert (runs_dir / "combined.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(p.is_file() for p in combined["files"])
     print(combined["text"])
+
+
+def _axes(fig):
+    return [ax for sub in [fig, *fig.subfigs] for ax in sub.axes]
+
+
+def test_figures_label_every_axis_and_name_the_run(runs, tmp_path):
+    """Every axis has both labels; the title names kind, loss, beta and learning rate; the
+    unpaired curve has an axis of its own; held-out accuracy is drawn before and after."""
+    from prefdata.train import plots
+
+    _, _, dpo, ipo, _ = runs
+    fig = plots.plot_run(dpo, tmp_path / "run.png")
+    assert fig._suptitle.get_text() == "scenario2-dpo: mixed data, loss dpo, beta 0.1, lr 0.001"
+    assert all(ax.get_ylabel() for ax in _axes(fig))
+    # the reward-accuracy twin shares the loss panel's step axis, the only one without its own x label
+    assert [ax.get_ylabel() for ax in _axes(fig) if not ax.get_xlabel()] == [
+        "reward accuracy (chosen reward > rejected)"]
+    lines = {line.get_label(): ax for ax in _axes(fig) for line in ax.get_lines()}
+    assert lines["unpaired"] is not lines["chosen (starts at %.2f)" % dpo["trajectory"][0]["chosen"]]
+    accuracy = next(ax for ax in _axes(fig) if ax.get_title().startswith("held-out accuracy"))
+    assert [round(p.get_height(), 6) for p in accuracy.patches] == [round(dpo["accuracy"]["before"], 6),
+                                                                     round(dpo["accuracy"]["after"], 6)]
+    both = plots.plot_runs([dpo, ipo], tmp_path / "all.png")
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in _axes(both))
+    titles = [ax.get_title() for ax in _axes(both)]
+    assert "scenario2-ipo:\nmixed data, loss ipo, beta 0.5, lr 0.001" in titles
 
 
 def test_heldout_responses_exclude_paired_texts(runs):
