@@ -249,35 +249,57 @@ def train(
 
 @app.command()
 def study(
-    workspace: Path = typer.Argument(Path("prefdata-study"), help="Workspace directory for the study."),
+    workspace: Path = typer.Argument(Path("prefdata-study"), help="Study directory; one workspace per seed inside."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2: each draws the toy problems, "
+                              "sampling, selection draws, pair order and training; tables show mean ± 95% CI."),
+    losses: str = typer.Option("dpo", "--losses", help="Comma-separated losses trained side by side on every "
+                               "scenario: dpo, flex_dpo (separate beta for the rejected side), dpo_sft."),
     limit: int = typer.Option(256, "--limit", help="Training prompts per scenario."),
+    heldout: int = typer.Option(256, "--heldout", help="Held-out test-split prompts for accuracy."),
     n: int = typer.Option(8, "--n", help="Policy samples per prompt (the study's N)."),
     m: int = typer.Option(4, "--m", help="Other-model samples per prompt."),
     backend: str = typer.Option("auto", "--backend", help="Generation backend: auto, vllm, transformers."),
-    loss: str = typer.Option("dpo", "--loss", help="Loss for every scenario: dpo, ipo, cdpo, flex_dpo, dpo_sft, slic."),
-    epochs: int = typer.Option(2, "--epochs", help="Training epochs per scenario."),
-    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
-    seed: int = typer.Option(0, "--seed"),
+    pairing: str = typer.Option("best_vs_worst", "--pairing", help="Scenario 1's pairing: best_vs_worst, "
+                                "mean_minus_2std, random_correct_incorrect or all_pairs."),
+    epochs: int = typer.Option(1, "--epochs",
+                               help="Training epochs per run (default from the sweep in docs/study.md)."),
+    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate (default from the sweep in docs/study.md)."),
+    beta: float = typer.Option(0.1, "--beta", help="DPO beta (flex_dpo: the chosen side's)."),
+    beta_rejected: float = typer.Option(0.05, "--beta-rejected", help="flex_dpo's beta for the rejected side."),
+    sft_weight: float = typer.Option(1.0, "--sft-weight", help="dpo_sft's weight of the SFT (chosen NLL) term."),
+    jobs: int = typer.Option(1, "--jobs", help="Seeds run at once in worker processes (results do not change)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the final tables."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
-    """Run the whole study on the toy world: build scenarios 1-4, score, train each, report.
+    """Run the whole study on the toy world per seed: build scenarios 1-4, score, train each loss, report.
 
     Prints the analogues of the study's Table 1 (chosen/rejected log-probs before and after
-    DPO) and Table 2 (held-out accuracy before and after), and saves them in WORKSPACE/runs/.
+    training) and Table 2 (held-out accuracy before and after) as mean ± 95% confidence interval
+    over the seeds, and saves them as WORKSPACE/study.txt, study.json and study.png.
+
+    Example: prefdata study --seeds 0,1,2 --losses dpo,flex_dpo,dpo_sft
     """
     from prefdata.study import StudyConfig, run_study
 
+    def numbers(text: str, what: str, kind=int) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise PrefdataError(f"--{what} {text!r} is not a comma-separated list", f"e.g. --{what} 0,1,2") from None
+
+    cfg = StudyConfig(seeds=numbers(seeds, "seeds"), losses=numbers(losses, "losses", lambda x: x.strip()),
+                      limit=limit, heldout=heldout, n=n, m=m, backend=backend, pairing=pairing, epochs=epochs,
+                      lr=lr, beta=beta, beta_rejected=beta_rejected, sft_weight=sft_weight)
+    if jobs < 1:
+        raise PrefdataError(f"--jobs {jobs}", "use --jobs 1 or more")
     with _library_logs(workspace, "study", verbose, quiet):
-        result = run_study(workspace, StudyConfig(limit=limit, n=n, m=m, backend=backend, loss=loss,
-                                                  epochs=epochs, lr=lr, seed=seed),
-                           log=(lambda _msg: None) if quiet else typer.echo)
-    from prefdata.store import Workspace, atomic_write_bytes
+        result = run_study(workspace, cfg, log=(lambda _msg: None) if quiet else typer.echo, jobs=jobs)
+    from prefdata.store import Workspace
 
-    atomic_write_bytes(workspace / "runs" / "study.txt", (result["tables"] + "\n").encode())
-
-    _refresh_card(Workspace.open(workspace))
+    for seed in cfg.seeds:  # each seed's workspace card lists its trained runs
+        _refresh_card(Workspace.open(workspace / f"seed-{seed}"))
     typer.echo("\n" + result["tables"])
+    typer.echo(f"\n{result['seconds']:.0f} s; tables, JSON and plot in {workspace}/study.txt, .json, .png")
 
 
 @app.command()

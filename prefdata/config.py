@@ -283,6 +283,7 @@ def build_config(raw: dict, origin=None) -> BuildConfig:
                             "use letters, digits and . _ - = (starting with a letter or digit), e.g. name = \"gsm-s2\"")
     select = dict(raw.get("select", {}))
     select = _check_select(select, origin)
+    _check_pairing(select, scenarios)
     return BuildConfig(
         name=str(name), scenarios=scenarios, mix=mix, seed=seed, quiet=quiet,
         heldout=top.get("heldout", 64),
@@ -305,6 +306,16 @@ def _check_select(select: dict, origin=None) -> dict:
     values = check_values(SelectConfig, select, "select", origin)
     check_eval_sets(values.get("decontaminate", ()))
     return values
+
+
+def _check_pairing(select: dict, scenarios: tuple[int, ...]) -> None:
+    """A pairing strategy the scenarios cannot use fails here, before any model work."""
+    from prefdata import pairing
+    from prefdata.select import ROLES
+
+    for scenario in scenarios:
+        pairing.check(select.get("pairing", "best_vs_worst"), scenario,
+                      ROLES[scenario][1][1] or select.get("other_pick", "worst"), select.get("max_pairs_per_prompt", 4))
 
 
 def _mix_name(mix: dict[int, float]) -> str:

@@ -48,6 +48,7 @@ import polars as pl
 import pyarrow as pa
 
 from prefdata import filters as F
+from prefdata import pairing as P
 from prefdata.errors import PrefdataError
 from prefdata.fields import at_least, between, check_instance, one_of
 from prefdata.injection import suspect_injection
@@ -75,7 +76,10 @@ class SelectConfig:
     uniform_scenarios: tuple[int, ...] = (1,)  # where the MATH* filter applies (on-policy selection)
     # "worst" | "random": which other-model sample is rejected (3, 4)
     other_pick: str = field(default="worst", metadata=one_of("worst", "random"))
-    seed: int = field(default=0, metadata=at_least(0))  # for other_pick="random"
+    seed: int = field(default=0, metadata=at_least(0))  # for other_pick="random" and the random pairing
+    pairing: str = field(default="best_vs_worst", metadata=one_of(*P.PAIRINGS))  # a `prefdata.pairing` strategy
+    # pairing="all_pairs": the largest margins of each prompt
+    max_pairs_per_prompt: int = field(default=4, metadata=at_least(1))
     dataset: str | None = None  # default "scenario<N>"
     # "auto": on for judges that read the response as text (llm, reward model), off for the verifier
     screen_injection: str = field(default="auto", metadata=one_of("auto", "on", "off"))
@@ -94,8 +98,14 @@ class SelectConfig:
 
 
 def strategy_name(scenario: int, cfg: SelectConfig) -> str:
-    other = f"{cfg.other_pick}_other"
-    return {1: "best_vs_worst_policy", 2: "reference_vs_worst_policy",
+    """The pairs' `strategy` value, e.g. best_vs_worst_policy, reference_vs_mean_minus_2std_policy."""
+    if cfg.pairing == "random_correct_incorrect":
+        return "random_correct_vs_incorrect_policy"
+    if cfg.pairing == "all_pairs":
+        return f"all_pairs_margin_cap{cfg.max_pairs_per_prompt}_policy"
+    worst = P.strategy_suffix(cfg.pairing) or "worst"
+    other = f"{worst if cfg.other_pick == 'worst' else cfg.other_pick}_other"
+    return {1: f"best_vs_{worst}_policy", 2: f"reference_vs_{worst}_policy",
             3: f"best_policy_vs_{other}", 4: f"reference_vs_{other}"}[scenario]
 
 
@@ -142,6 +152,23 @@ def _pick_random(df: pl.DataFrame, g: np.ndarray, rows: np.ndarray, score: np.nd
     return picked["_g"].to_numpy(), picked["_row"].to_numpy(), picked["score"].to_numpy()
 
 
+def _pick(df: pl.DataFrame, how: str, candidates, order: tuple[np.ndarray, ...], seed: int):
+    """(group, row, score) of one row per group of ``candidates`` (rows, groups, scores), picked ``how``."""
+    rows, g, score = candidates
+    if how in ("random_correct", "random_incorrect"):
+        # an unknown verdict is neither correct nor incorrect
+        keep = np.flatnonzero((df["correct"].gather(rows) == (how == "random_correct")).fill_null(False).to_numpy())
+        rows, g, score = rows[keep], g[keep], score[keep]
+    if how in ("random", "random_correct", "random_incorrect"):
+        return _pick_random(df, g, rows, score, seed)
+    if how in ("best", "worst"):
+        return _pick_extreme(g, score, rows, order, how == "best")
+    if how == "mean_minus_2std":  # the nearest row is the "worst" of the distances
+        g, picked, _ = _pick_extreme(g, P.near_mean_minus_2std(g, score), rows, order, False)
+        return g, picked, score[np.searchsorted(rows, picked)]
+    raise ValueError(f"unknown pick {how!r}: use best, worst or random")
+
+
 def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
     if scenario not in ROLES:
         raise PrefdataError(f"unknown scenario {scenario}", "use 1, 2, 3 or 4")
@@ -155,6 +182,7 @@ def _check_input(df: pl.DataFrame, scenario: int, cfg: SelectConfig) -> None:
         raise PrefdataError(f"other_pick {cfg.other_pick!r} is unknown", "use worst or random")
     if cfg.screen_injection not in ("auto", "on", "off"):
         raise PrefdataError(f"select.screen_injection {cfg.screen_injection!r} is unknown", "use auto, on or off")
+    P.check(cfg.pairing, scenario, ROLES[scenario][1][1] or cfg.other_pick, cfg.max_pairs_per_prompt)
     names = df["judge_name"]
     if names.len() and ((names != names.first()).any() or 0 < names.null_count() < names.len()):
         raise PrefdataError(f"candidates are scored by several judges {sorted(names.drop_nulls().unique())}",
@@ -313,7 +341,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
     _check_input(df, scenario, cfg)
     judge_name = df["judge_name"].first() if df.height else ""
     (c_origin, c_how), (r_origin, r_how) = ROLES[scenario]
-    c_how, r_how = c_how or cfg.other_pick, r_how or cfg.other_pick
+    c_how, r_how = P.picks(cfg.pairing, c_how or cfg.other_pick, r_how or cfg.other_pick)
     for name, default in (("correct", pl.Boolean), ("finish_reason", pl.String)):
         if name not in df.columns:
             df = df.with_columns(pl.lit(None, default).alias(name))
@@ -322,7 +350,8 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
     df, ordered = _group_by_prompt(df)
     df = df.with_columns(F.text_keys(df))
     # candidate_id order keys: the duplicate rule's survivors and the picks' tie-break
-    order = F.order_keys(df["candidate_id"]) if {c_how, r_how} & {"best", "worst"} or cfg.dedupe else ()
+    order = (F.order_keys(df["candidate_id"])
+             if {c_how, r_how} & {"best", "worst", "mean_minus_2std"} or cfg.dedupe else ())
     rules = candidate_rules(cfg, (c_origin, r_origin), order)
     reasons = F.first_reasons(df, rules)
     counts = F.reason_counts(reasons, rules)
@@ -344,19 +373,21 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
 
     columns = {"_g": np.arange(n_groups), "_first_row": first_rows,
                **_untrusted_prompts(df, (c_origin, r_origin), first_rows, _screens(cfg, judge_name))}
-    for side, origin, how in (("chosen", c_origin, c_how), ("rejected", r_origin, r_how)):
-        rows, g, score = candidates_of(origin)
-        if how == "random":
-            g, picked, score = _pick_random(df, g, rows, score, cfg.seed)
-        elif how in ("best", "worst"):
-            g, picked, score = _pick_extreme(g, score, rows, order, how == "best")
-        else:
-            raise ValueError(f"unknown pick {how!r}: use best, worst or random")
+    if cfg.pairing == "all_pairs":  # several pairs per prompt: one row per pair, the prompt's columns gathered
+        rows, g, score = candidates_of(c_origin)
+        pairs_of = P.all_ordered_pairs(g, rows, score, df["candidate_id"].gather(rows))
+    for side, origin, how in (() if cfg.pairing == "all_pairs" else
+                              (("chosen", c_origin, c_how), ("rejected", r_origin, r_how))):
+        # the incorrect side draws from its own stream, so the two sides' draws are independent
+        g, picked, score = _pick(df, how, candidates_of(origin), order, cfg.seed + (how == "random_incorrect"))
         columns[f"{side}_row"] = pl.Series(_per_group(n_groups, g, picked.astype(np.int64), -1)).cast(pl.Int64)
         columns[f"{side}_score"] = pl.Series(_per_group(n_groups, g, score, np.nan), nan_to_null=True)
     if scenario in cfg.uniform_scenarios:
         columns.update(_policy_stats(df, of_origin("policy"), g_all, score_all, first_rows, cfg.uniform_by))
-    frame = pl.DataFrame(columns).with_columns(
+    frame = pl.DataFrame(columns)
+    if cfg.pairing == "all_pairs":
+        frame = pairs_of.join(frame, on="_g", how="left").sort("_g", "_rank")
+    frame = frame.with_columns(
         *[pl.when(pl.col(f"{side}_row") >= 0).then(pl.col(f"{side}_row")).cast(pl.UInt32).alias(f"{side}_row")
           for side in ("chosen", "rejected")])
     frame = frame.with_columns(
@@ -364,6 +395,8 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
         *[df[col].gather(frame[f"{side}_row"]).alias(f"{side}_{col}")
           for side in ("chosen", "rejected") for col in ("candidate_id", "origin", "correct", "text", "_nhash")])
     frame = F.mark(frame, pair_rules(scenario, cfg, eval_index))
+    if cfg.pairing == "all_pairs":
+        frame = F.mark(frame, [("over_cap", P.is_over_cap(cfg.max_pairs_per_prompt))])
     counts.update(F.drop_counts(frame))
 
     dataset = cfg.dataset or f"scenario{scenario}"
@@ -386,7 +419,7 @@ def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConf
         pl.lit(judge_name, pl.String).alias("judge_name"),
         pl.lit(strategy_name(scenario, cfg)).alias("strategy"),
     )
-    return (pairs if ordered else pairs.sort("prompt_id")), counts
+    return (pairs if ordered else pairs.sort("prompt_id", maintain_order=True)), counts
 
 
 def load_scored(ws, judge_name: str, judge_version: str | None = None) -> pl.DataFrame:

@@ -14,7 +14,9 @@ candidates). Null scores, ties, duplicate texts and every option are handled her
 - picks: best = highest score, worst = lowest, ties to the smallest candidate_id;
   other_pick="random" draws one number per prompt that has a surviving other-model row,
   from numpy's PCG64(seed), in prompt_id order, and takes the floor(u * m)-th of the
-  prompt's m rows in candidate_id order;
+  prompt's m rows in candidate_id order; pairing="mean_minus_2std" rejects, instead of the
+  worst, the row whose score is nearest the mean minus twice the population standard
+  deviation of its side's live scores in that prompt (ties to the smallest candidate_id);
 - pair rules, first match wins: no_<chosen origin>, no_<rejected origin>,
   reference_incorrect, uniform (scenarios in uniform_scenarios: all surviving policy
   samples correct, or all wrong, among those with a known verdict; by="score": all
@@ -40,15 +42,19 @@ def _blank(text) -> bool:
     return text is None or not text.strip()
 
 
-def _strategy(scenario: int, other_pick: str) -> str:
-    return {1: "best_vs_worst_policy", 2: "reference_vs_worst_policy",
-            3: f"best_policy_vs_{other_pick}_other", 4: f"reference_vs_{other_pick}_other"}[scenario]
+def _strategy(scenario: int, other_pick: str, pairing: str = "best_vs_worst") -> str:
+    worst = "mean_minus_2std" if pairing == "mean_minus_2std" else "worst"
+    other = worst if other_pick == "worst" else other_pick
+    return {1: f"best_vs_{worst}_policy", 2: f"reference_vs_{worst}_policy",
+            3: f"best_policy_vs_{other}_other", 4: f"reference_vs_{other}_other"}[scenario]
 
 
 def oracle_select(rows: list[dict], scenario: int, cfg) -> tuple[list[dict], dict[str, int]]:
     """(pair records sorted by prompt_id with select_pairs' columns, drop counts per reason)."""
     (c_origin, c_how), (r_origin, r_how) = ROLES[scenario]
     c_how, r_how = c_how or cfg.other_pick, r_how or cfg.other_pick
+    if cfg.pairing == "mean_minus_2std" and r_how == "worst":
+        r_how = "mean_minus_2std"
     counts: dict[str, int] = {}
 
     def drop(reason):
@@ -104,6 +110,13 @@ def oracle_select(rows: list[dict], scenario: int, cfg) -> tuple[list[dict], dic
         draws = dict(zip(holders, np.random.default_rng(cfg.seed).random(len(holders)).tolist()))
 
     def pick(cands, how, prompt_id):
+        if how == "mean_minus_2std":
+            if not cands:
+                return None
+            scores = [r["score"] for r in cands]
+            mean = sum(scores) / len(scores)
+            target = mean - 2 * (sum((x - mean) ** 2 for x in scores) / len(scores)) ** 0.5
+            return min(cands, key=lambda r: (abs(r["score"] - target), r["candidate_id"]))
         if how == "random":
             if not cands:
                 return None
@@ -155,5 +168,5 @@ def oracle_select(rows: list[dict], scenario: int, cfg) -> tuple[list[dict], dic
                 "chosen_origin": chosen["origin"], "rejected_origin": rejected["origin"],
                 "chosen_score": chosen["score"], "rejected_score": rejected["score"], "margin": margin,
                 "judge_name": rows[0]["judge_name"] if rows else "",
-                "strategy": _strategy(scenario, cfg.other_pick)})
+                "strategy": _strategy(scenario, cfg.other_pick, cfg.pairing)})
     return pairs, counts

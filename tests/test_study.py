@@ -1,76 +1,106 @@
-"""`prefdata study` end to end on a small setting: four builds, four trainings, two tables.
-
-The printed tables are checked against the workspace, not only for shape: one Table 1 and
-one Table 2 row per scenario with its kind; Table 1's pair counts are the scenario's pairs;
-its "before" log-probs are the means of the stored reference log-probs of those pairs; its
-"after" values and Table 2's accuracies are the run reports' (whose "after" Table 1 is
-checked against an independent forward in tests/train/test_report.py); every value in range.
-"""
+"""`prefdata study` end to end on a small setting: two seeds, two losses, four scenarios, two tables
+with 95% intervals, JSON and PNG; and the interval arithmetic on hand-computed numbers."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from prefdata.select import KINDS
-from prefdata.store import Workspace
+from prefdata.errors import PrefdataError
+from prefdata.study import StudyConfig, mean_ci, summarise
 
-pytestmark = pytest.mark.slow
-
-HALF_ULP = 0.0005 + 1e-9  # the tables print 3 decimals
-
-
-def rows_of(tables: str, title: str) -> dict[int, list[str]]:
-    """Table `title`'s rows keyed by scenario (the first column)."""
-    block = tables.split(title, 1)[1].split("\nTable ", 1)[0]
-    return {int(line.split()[0]): line.split() for line in block.splitlines() if line[:1].isdigit()}
+def test_mean_ci_is_the_student_t_interval():
+    got = mean_ci([0.5, 0.7, 0.6])
+    assert got["mean"] == pytest.approx(0.6) and got["std"] == pytest.approx(0.1)
+    assert got["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert mean_ci([0.5, 0.9])["ci95"] == pytest.approx(12.706 * math.sqrt(0.08) / math.sqrt(2))
+    assert mean_ci([0.4])["ci95"] is None and mean_ci([None, None])["mean"] is None
 
 
-def test_study_builds_trains_and_reports_every_scenario(tmp_path):
-    ws_dir = tmp_path / "study"
+def test_summarise_groups_by_scenario_and_loss():
+    runs = [{"seed": s, "scenario": sc, "loss": loss, **{k: float(s + sc) for k in (
+        "pairs", "prompts", "chosen_before", "chosen_after", "rejected_before", "rejected_after", "chosen_delta",
+        "rejected_delta", "accuracy_before",
+        "accuracy_after", "accuracy_delta", "grad_ratio_last", "log10_dprob_ratio_last")}}
+        for s in (0, 1, 2) for sc in (2, 1) for loss in ("dpo_sft", "dpo")]
+    rows = summarise(runs)
+    assert [(r["scenario"], r["loss"]) for r in rows] == [(1, "dpo"), (1, "dpo_sft"), (2, "dpo"), (2, "dpo_sft")]
+    assert rows[2]["accuracy_after"]["mean"] == pytest.approx(3.0) and rows[2]["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kw, says", [({"seeds": ()}, "seeds"), ({"seeds": (1, 1)}, "distinct"),
+                                      ({"losses": ("dpo", "ipo")}, "not study losses"),
+                                      ({"beta_rejected": 0.0}, "beta_rejected must be a finite number > 0"),
+                                      ({"pairing": "nope"}, "pairing 'nope' is unknown")])
+def test_bad_study_settings_fail_before_any_work(kw, says):
+    with pytest.raises(PrefdataError, match=says):
+        StudyConfig(**kw)
+
+
+def test_cli_rejects_a_bad_seed_list(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "prefdata.cli", "study", str(tmp_path / "s"), "--seeds", "0,x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--seeds '0,x'" in done.stderr and not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_study_over_seeds_and_losses(tmp_path):
+    ws = tmp_path / "study"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    # ~5 min on 2 idle cores; the limit leaves room for a machine shared with other jobs
-    done = subprocess.run([sys.executable, "-m", "prefdata.cli", "study", str(ws_dir), "--limit", "24", "--n", "4",
-                           "--m", "2", "--epochs", "1", "--backend", "transformers"],
+    done = subprocess.run([sys.executable, "-m", "prefdata.cli", "study", str(ws), "--seeds", "0,1",
+                           "--losses", "dpo,flex_dpo", "--limit", "24", "--n", "4", "--m", "2", "--heldout", "8",
+                           "--backend", "transformers", "--lr", "1e-4", "--jobs", "2"],
                           capture_output=True, text=True, env=env, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    check_study(ws_dir, done.stdout)
+    tables = (ws / "study.txt").read_text()
+    assert "Table 1" in tables and "Table 2" in tables and "95% CI over 2 seeds" in tables
+    assert tables.strip() in done.stdout  # what is saved is what was printed
+    for scenario, kind in ((1, "on-policy"), (2, "mixed"), (3, "mixed"), (4, "off-policy")):
+        rows = [line.split() for line in tables.splitlines() if line.startswith(f"{scenario} ")]
+        assert [r[2] for r in rows] == ["dpo", "flex_dpo"] * 2 and all(r[1] == kind for r in rows), tables
+        assert all(r.count("±") == 4 for r in rows[:2]) and all(r.count("±") == 3 for r in rows[2:]), rows
+    out = json.loads((ws / "study.json").read_text())
+    assert len(out["runs"]) == 2 * 4 * 2 and out["config"]["seeds"] == [0, 1]
+    assert {r["prompts"] for r in out["runs"]} == {8}
+    for row in out["summary"]:
+        acc = row["accuracy_after"]
+        assert acc["n"] == 2 and 0.0 <= acc["mean"] <= 1.0 and acc["ci95"] is not None
+        assert row["chosen_after"]["mean"] < 0 and row["rejected_after"]["mean"] < 0
+    # the seeds really differ: their builds sampled different policy responses
+    by_seed = {s: [r["chosen_before"] for r in out["runs"] if r["seed"] == s] for s in (0, 1)}
+    assert by_seed[0] != by_seed[1]
+    assert (ws / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for seed in (0, 1):
+        for loss in ("dpo", "flex_dpo"):
+            report = json.loads((ws / f"seed-{seed}" / "runs" / f"scenario1-{loss}" / "report.json").read_text())
+            assert report["loss"]["name"] == loss and report["config"]["seed"] == seed
+    # every run's numbers are its workspace's: pair counts and "before" log-probs from the stored
+    # pairs, "after" and accuracies from the run's report; the summary is the mean over seeds
+    from prefdata.store import Workspace
 
-
-def check_study(ws_dir, stdout: str) -> None:
-    """The study's saved tables against its workspace and run reports (also usable on a
-    workspace left by a `prefdata study` run by hand)."""
-    tables = (ws_dir / "runs" / "study.txt").read_text()
-    assert tables.strip() in stdout  # what is saved is what was printed
-    table1, table2 = rows_of(tables, "Table 1"), rows_of(tables, "Table 2")
-    assert sorted(table1) == sorted(table2) == [1, 2, 3, 4], tables
-
-    pairs = Workspace.open(ws_dir).read("pairs").to_pydict()
-    for scenario in (1, 2, 3, 4):
-        report = json.loads((ws_dir / "runs" / f"scenario{scenario}-dpo" / "report.json").read_text())
-        kind, n, chosen_before, chosen_after, rejected_before, rejected_after = (
-            table1[scenario][1], int(table1[scenario][2]), *map(float, table1[scenario][3:]))
-        assert kind == table2[scenario][1] == KINDS[scenario], tables
-        mine = [i for i, d in enumerate(pairs["dataset"]) if d == f"scenario{scenario}"]
-        # toy prompts and answers are far below max_length: every pair is trained, so Table 1's
-        # "before" is the mean over all of the scenario's stored pairs
-        assert report["pairs_dropped_too_long"] == 0 and n == report["pairs"] == len(mine) > 0, (scenario, n)
-        for side, before, after in (("chosen", chosen_before, chosen_after),
-                                    ("rejected", rejected_before, rejected_after)):
-            stored = [pairs[f"ref_{side}_logp_mean"][i] for i in mine]
-            assert abs(before - sum(stored) / len(stored)) <= HALF_ULP, (scenario, side, before)
-            assert abs(before - report["table1"][side]["before"]) <= HALF_ULP
-            assert abs(after - report["table1"][side]["after"]) <= HALF_ULP
-            assert -20 < before < 0 and -20 < after < 0, (scenario, side)  # per-token log-probs
-        prompts, acc_before, acc_after = int(table2[scenario][2]), *map(float, table2[scenario][3:])
-        assert prompts == report["accuracy"]["prompts"] > 0
-        assert abs(acc_before - report["accuracy"]["before"]) <= HALF_ULP
-        assert abs(acc_after - report["accuracy"]["after"]) <= HALF_ULP
-        assert 0.0 <= acc_before <= 1.0 and 0.0 <= acc_after <= 1.0
+    for seed in (0, 1):
+        pairs = Workspace.open(ws / f"seed-{seed}").read("pairs").to_pydict()
+        for run in (r for r in out["runs"] if r["seed"] == seed):
+            mine = [i for i, d in enumerate(pairs["dataset"]) if d == f"scenario{run['scenario']}"]
+            report = json.loads((ws / f"seed-{seed}" / "runs" / f"scenario{run['scenario']}-{run['loss']}"
+                                 / "report.json").read_text())
+            assert run["pairs"] == report["pairs"] == len(mine) > 0
+            for side in ("chosen", "rejected"):
+                stored = [pairs[f"ref_{side}_logp_mean"][i] for i in mine]
+                assert run[f"{side}_before"] == pytest.approx(sum(stored) / len(stored), abs=1e-9)
+                assert run[f"{side}_after"] == report["table1"][side]["after"]
+            assert run["accuracy_after"] == report["accuracy"]["after"]
+    for row in out["summary"]:
+        mine = [r for r in out["runs"] if (r["scenario"], r["loss"]) == (row["scenario"], row["loss"])]
+        assert row["accuracy_after"]["mean"] == pytest.approx(sum(r["accuracy_after"] for r in mine) / 2)
+    flex = json.loads((ws / "seed-0" / "runs" / "scenario1-flex_dpo" / "report.json").read_text())["loss"]
+    assert flex["beta_chosen"] == 0.1 and flex["beta_rejected"] == 0.05
     # the on-policy/off-policy gap of the study's Table 1, before training: the policy's own
     # samples (scenario 1 chosen) are far more likely than the reference (scenario 2 chosen)
-    assert float(table1[1][3]) > float(table1[2][3]) + 1.0, tables
+    before = {r["scenario"]: r["chosen_before"]["mean"] for r in out["summary"] if r["loss"] == "dpo"}
+    assert before[1] > before[2] + 1.0, tables

@@ -29,7 +29,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 # Fields that may change between a run and its resumption without changing the result.
 RESUMABLE_CHANGES = frozenset({"resume", "checkpoint_every", "keep_checkpoints", "eval_every",
-                               "device", "output_dir", "eval_batch_tokens"})
+                               "device", "output_dir", "eval_batch_tokens", "generate_batch"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class TrainConfig:
                     fixed subset of pairs whose log-probs are tracked; pairs in the gradient probe
     heldout_responses, heldout_prompts
                     unpaired responses for the dispersion measure; held-out prompts for accuracy
+    generate_batch  held-out prompts decoded together for accuracy (a small model on CPU is
+                    fastest with all of them at once; a large one needs memory per sequence)
     shared_prefix   compute each pair's prompt once: prompt | chosen | rejected as one packed segment,
                     rejected hidden from chosen by the attention mask (prefdata.train.packing); used
                     where the model's attention takes such a mask (sdpa, eager, flex), else ignored.
@@ -90,6 +92,7 @@ class TrainConfig:
     heldout_prompts: int = 64
     max_new_tokens: int = 128
     eval_batch_tokens: int = 4096
+    generate_batch: int = 32
     chunk_positions: int = 1024
     shared_prefix: bool = True
     device: str | None = None
@@ -103,7 +106,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         for name in ("batch_size", "grad_accum", "epochs", "max_length", "probe_pairs", "chunk_positions",
-                     "eval_batch_tokens"):
+                     "eval_batch_tokens", "generate_batch"):
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}", f"use {name} >= 1")
         for name in ("warmup_steps", "checkpoint_every", "eval_every", "eval_pairs", "heldout_responses",
                      "heldout_prompts", "max_new_tokens", "keep_checkpoints"):

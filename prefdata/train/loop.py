@@ -55,7 +55,8 @@ CHECKPOINTS = "checkpoints"
 
 def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None,
           on_step: Callable[[int, dict], None] | None = None,
-          progress: Callable[[str], None] | None = None, fsdp: bool | None = None) -> dict:
+          progress: Callable[[str], None] | None = None, fsdp: bool | None = None,
+          base_accuracy: dict | None = None) -> dict:
     """Train `cfg.model_path` on the pairs of `cfg.dataset`; returns the report dict.
 
     Writes `config.json`, `log.jsonl`, `checkpoints/`, `model/` (HF format) and
@@ -66,7 +67,9 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
     called after every optimizer step (and after its checkpoint), on every rank.
     `fsdp` shards the model with FSDP2 when run by several processes (default: the
     PREFDATA_FSDP environment variable; otherwise DDP). Raises `TrainingDiverged` on
-    a NaN/inf loss or gradient.
+    a NaN/inf loss or gradient. `base_accuracy`, a dict shared by runs from the same model
+    (`prefdata study` passes one per seed), caches the base model's held-out accuracy by
+    model hash and held-out prompt set, so runs on other datasets do not decode them again.
     """
     from prefdata.train.distributed import broadcast_object, init_from_env
 
@@ -85,10 +88,11 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
         locked = broadcast_object(locked, ctx)  # every rank fails alike, none waits forever
         if locked:
             raise WorkspaceLocked(locked, "wait for it to finish, or train into another output directory")
-        return _train(ws, cfg, run_dir, verify, on_step, progress if ctx.main else None, ctx, fsdp)
+        return _train(ws, cfg, run_dir, verify, on_step, progress if ctx.main else None, ctx, fsdp, base_accuracy)
 
 
-def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, fsdp: bool) -> dict:
+def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, fsdp: bool,
+           base_accuracy: dict | None = None) -> dict:
     import torch
 
     from prefdata.score import load_model, model_hash, packed_batch, pick_device, sequence_logps
@@ -233,13 +237,31 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         (run_dir / "config.json").write_text(cfg.to_json())
 
     evalset = report.build_evalset(ws, cfg, tokenizer, pairs, keep, data)
+
+    def probe(whole) -> dict:
+        """Parameter-gradient norms per side, and the loss's gradient w.r.t. each side's sequence
+        probability, on the probe pairs."""
+        idx = evalset.probe_idx
+        with torch.no_grad():
+            pc, pr = policy_logps(idx, whole)
+        t = torch.tensor(idx, device=device)
+        return {**_probe(whole, loss_of, evalset, report),
+                **report.probability_gradients(cfg.loss, pc, pr, ref_chosen[t], ref_rejected[t],
+                                               n_chosen[t], n_rejected[t])}
     if step == 0:
         say(f"measuring the base model on {len(evalset.eval_idx)} eval pairs")
         with dist.whole_model(runner, model) as whole:  # measured on every rank, on the whole model
             history["before"] = report.measure(whole, tokenizer, evalset, cfg, bf16)
-            history["before"]["accuracy"] = report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)
+            # a set of prompts, so its order (which batches them) does not enter the key
+            key = (ref_hash, cfg.max_new_tokens, verify, tuple(sorted(map(repr, evalset.prompts))))
+            if base_accuracy is not None and key in base_accuracy:
+                history["before"]["accuracy"] = dict(base_accuracy[key])
+            else:
+                history["before"]["accuracy"] = report.accuracy(whole, tokenizer, evalset, cfg, verify, bf16)
+                if base_accuracy is not None:
+                    base_accuracy[key] = dict(history["before"]["accuracy"])
             history["eval"].append({"step": 0, **history["before"]})
-            history["grads"].append({"step": 0, **_probe(whole, loss_of, evalset, report)})
+            history["grads"].append({"step": 0, **probe(whole)})
 
     # ---- the loop --------------------------------------------------------------------------------
     parallel = f", {ctx.world} processes ({'FSDP' if fsdp else 'DDP'})" if ctx.active else ""
@@ -294,7 +316,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
             with dist.whole_model(runner, model) as whole:
                 history["eval"].append({"step": step, **report.measure(whole, tokenizer, evalset, cfg, bf16)})
-                history["grads"].append({"step": step, **_probe(whole, loss_of, evalset, report)})
+                history["grads"].append({"step": step, **probe(whole)})
             model.train()
             say(f"step {step}/{total_steps} loss {record['loss']:.4f} "
                 f"chosen {history['eval'][-1]['chosen']:.3f} rejected {history['eval'][-1]['rejected']:.3f}")

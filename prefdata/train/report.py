@@ -10,6 +10,15 @@
   of the loss gradient that flows through the chosen log-probs alone and
   through the rejected ones alone (the other side detached). The study's
   point: DPO pushes the rejected side much harder than it lifts the chosen one.
+- sequence-probability gradients (the study's Figure 10): on the same probe
+  batch, |dl/dπ(y_w)| and |dl/dπ(y_l)|, the gradient of each pair's loss l with
+  respect to the probability π(y|x) = exp(summed log-prob) of its whole chosen
+  and rejected response. For DPO, dl/dπ(y_w) = −β·σ(−z)/π(y_w) and
+  dl/dπ(y_l) = β·σ(−z)/π(y_l): the rejected side's gradient is π(y_w)/π(y_l)
+  times the chosen one's, and it grows as π(y_l) falls. Since π(y) is tiny
+  (e^−1000 for an off-policy sentence) these are kept as log10 magnitudes,
+  averaged over the probe pairs, next to |dl/dlog π(y)| (the same gradient
+  with respect to the log-prob, which is what reaches the parameters).
 - dispersion: mean per-token log-prob of responses that are in no pair (other
   candidates of the same prompts, unused reference solutions, reference
   solutions of held-out prompts), before vs after: when chosen and rejected
@@ -187,6 +196,51 @@ def gradient_norms(model, loss_of: Callable, evalset: EvalSet) -> dict:
     return out
 
 
+def probability_gradients(loss_config, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                          ref_rejected_logps, chosen_tokens=None, rejected_tokens=None) -> dict:
+    """Per-side gradient of each pair's loss w.r.t. its sequence probability (the study's Fig. 10).
+
+    Inputs: ``(B,)`` summed log-probs and token counts as for `losses.compute_loss`. With
+    g = dl_i/dlog π(y) (autograd through the loss alone, no model), dl_i/dπ(y) = g / π(y), so
+    log10|dl_i/dπ(y)| = log10|g| − log π(y)/ln 10, finite however small π(y) is. Returns the
+    probe means of |g| (``dlogp_*``) and of log10|dl/dπ| (``log10_dprob_*``) per side, and the
+    mean log10 ratio rejected/chosen; pairs whose gradient is exactly 0 have no log and are left out.
+
+    >>> import torch
+    >>> from prefdata.train.losses import LossConfig
+    >>> g = probability_gradients(LossConfig("dpo", beta=1.0), torch.tensor([-1.0]), torch.tensor([-3.0]),
+    ...                           torch.tensor([-1.0]), torch.tensor([-3.0]))
+    >>> g["dlogp_chosen"], g["dlogp_rejected"]  # z = 0: β·σ(0) on both sides
+    (0.5, 0.5)
+    >>> round(g["log10_dprob_ratio"], 4)  # π(y_w)/π(y_l) = e^2
+    0.8686
+    """
+    import math
+
+    import torch
+
+    from prefdata.train.losses import compute_loss
+
+    chosen = policy_chosen_logps.detach().double().requires_grad_(True)
+    rejected = policy_rejected_logps.detach().double().requires_grad_(True)
+    out = compute_loss(loss_config, chosen, rejected, ref_chosen_logps.detach().double(),
+                       ref_rejected_logps.detach().double(), chosen_tokens, rejected_tokens)
+    # per-pair losses depend only on their own pair's log-probs, so one backward gives every pair's gradient
+    g_chosen, g_rejected = torch.autograd.grad(out.losses.sum(), (chosen, rejected), allow_unused=True)
+    result = {}
+    logs = {}
+    for side, g, logp in (("chosen", g_chosen, chosen), ("rejected", g_rejected, rejected)):
+        g = torch.zeros_like(logp) if g is None else g.abs()
+        result[f"dlogp_{side}"] = g.mean().item() if len(g) else None
+        logs[side] = torch.where(g > 0, torch.log10(g) - logp.detach() / math.log(10), torch.nan)
+        finite = logs[side][torch.isfinite(logs[side])]
+        result[f"log10_dprob_{side}"] = finite.mean().item() if len(finite) else None
+    ratio = (logs["rejected"] - logs["chosen"])
+    ratio = ratio[torch.isfinite(ratio)]
+    result["log10_dprob_ratio"] = ratio.mean().item() if len(ratio) else None
+    return result
+
+
 def default_verify(text: str, reference_answer: str) -> bool:
     """The toy task's grader: the final integer in `text` equals the reference answer."""
     from prefdata.toy.task import extract_answer
@@ -209,7 +263,7 @@ def accuracy(model, tokenizer, evalset: EvalSet, cfg, verify: Callable[[str, str
     greedy = GenerationConfig(do_sample=False, max_new_tokens=cfg.max_new_tokens,
                               eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
     model.eval()
-    correct, batch = 0, 32
+    correct, batch = 0, cfg.generate_batch
     for start in range(0, len(evalset.prompts), batch):
         chunk = evalset.prompts[start:start + batch]
         width = max(len(ids) for ids, _ in chunk)
@@ -289,7 +343,21 @@ def format_run(result: dict) -> str:
     lines.append(f"{'grad norm chosen / rejected':28s}{'first':>10s}{'last':>10s}")
     for side in ("chosen", "rejected", "ratio"):
         lines.append(f"{'  ' + side:28s}{_fmt(g0[side], '.3g'):>10s}{_fmt(g1[side], '.3g'):>10s}")
+    lines += format_probability_gradients(g0, g1)
     return "\n".join(lines)
+
+
+def format_probability_gradients(first: dict, last: dict) -> list[str]:
+    """Report lines for `probability_gradients` at the first and last probe (absent in old reports)."""
+    if "log10_dprob_chosen" not in first:
+        return []
+    rows = [("|dl/dlog pi| chosen", "dlogp_chosen", ".3g"), ("|dl/dlog pi| rejected", "dlogp_rejected", ".3g"),
+            ("log10 |dl/dpi| chosen", "log10_dprob_chosen", ".1f"),
+            ("log10 |dl/dpi| rejected", "log10_dprob_rejected", ".1f"),
+            ("log10 ratio rej/chosen", "log10_dprob_ratio", ".1f")]
+    return [f"{'loss grad wrt sequence prob':28s}{'first':>10s}{'last':>10s}"] + [
+        f"{'  ' + label:28s}{_fmt(first.get(key), spec):>10s}{_fmt(last.get(key), spec):>10s}"
+        for label, key, spec in rows]
 
 
 def write_report(run_dir: Path, result: dict) -> None:

@@ -174,3 +174,77 @@ def test_default_verifier_reads_the_final_answer():
     assert default_verify("3+4=7. The answer is 7.", "7")
     assert not default_verify("3+4=8. The answer is 8.", "7")
     assert not default_verify("no answer", "7")
+
+
+# -- the loss's gradient w.r.t. the sequence probabilities (the study's Figure 10) ----------------
+def _sigmoid(x: float) -> float:
+    import math
+
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_probability_gradients_match_the_hand_derived_dpo_formula():
+    import math
+
+    from prefdata.train.report import probability_gradients
+
+    # one pair: log pi(y_w) = -2, log pi(y_l) = -1500 (an off-policy sentence), reference -3 / -1499
+    pc, pr, rc, rr = (torch.tensor([v], dtype=torch.float64) for v in (-2.0, -1500.0, -3.0, -1499.0))
+    g = probability_gradients(LossConfig("dpo", beta=0.1), pc, pr, rc, rr)
+    z = 0.1 * ((-2.0 + 3.0) - (-1500.0 + 1499.0))  # beta * (r_w - r_l) = 0.2
+    assert g["dlogp_chosen"] == pytest.approx(0.1 * _sigmoid(-z)) == pytest.approx(g["dlogp_rejected"])
+    # |dl/dpi(y)| = beta * sigma(-z) / pi(y): e^1500 overflows a float, its log10 does not
+    assert g["log10_dprob_chosen"] == pytest.approx(math.log10(0.1 * _sigmoid(-z)) + 2.0 / math.log(10))
+    assert g["log10_dprob_rejected"] == pytest.approx(math.log10(0.1 * _sigmoid(-z)) + 1500.0 / math.log(10))
+    assert g["log10_dprob_ratio"] == pytest.approx(1498.0 / math.log(10))  # pi(y_w) / pi(y_l)
+
+
+def test_probability_gradients_of_the_remedies():
+    from prefdata.train.report import probability_gradients
+
+    pc, pr = torch.tensor([-4.0, -6.0], dtype=torch.float64), torch.tensor([-5.0, -9.0], dtype=torch.float64)
+    rc, rr = torch.tensor([-4.5, -6.0], dtype=torch.float64), torch.tensor([-5.0, -8.0], dtype=torch.float64)
+    n_c, n_r = torch.tensor([2, 6]), torch.tensor([3, 3])
+    # Flex-DPO: l = -log sigma(b_c r_w - b_r r_l), so |dl/dlog pi_w| = b_c s, |dl/dlog pi_l| = b_r s
+    flex = probability_gradients(LossConfig("flex_dpo", beta_chosen=0.2, beta_rejected=0.05), pc, pr, rc, rr)
+    s = [_sigmoid(-(0.2 * 0.5 - 0.05 * 0.0)), _sigmoid(-(0.2 * 0.0 - 0.05 * -1.0))]
+    assert flex["dlogp_chosen"] == pytest.approx(0.2 * sum(s) / 2)
+    assert flex["dlogp_rejected"] == pytest.approx(0.05 * sum(s) / 2)
+    # DPO + SFT: the chosen side also gets the NLL term's alpha * B / sum|y_w| (TRL's batch-token mean)
+    dpo = probability_gradients(LossConfig("dpo"), pc, pr, rc, rr, n_c, n_r)
+    sft = probability_gradients(LossConfig("dpo_sft", sft_weight=0.5), pc, pr, rc, rr, n_c, n_r)
+    assert sft["dlogp_rejected"] == pytest.approx(dpo["dlogp_rejected"])
+    dpo_each = [0.1 * _sigmoid(-0.1 * 0.5), 0.1 * _sigmoid(-0.1 * 1.0)]
+    assert sft["dlogp_chosen"] == pytest.approx(sum(abs(-d - 0.5 * 2 / 8) for d in dpo_each) / 2)
+
+
+def test_report_records_probability_gradients_next_to_parameter_norms(runs):
+    ws, _, dpo, _, _ = runs
+    for g in dpo["gradients"]:
+        assert g["chosen"] > 0 and g["rejected"] > 0  # parameter-gradient norms, as before
+        assert g["dlogp_chosen"] == pytest.approx(g["dlogp_rejected"])  # DPO: the same beta * sigma(-z)
+        assert g["log10_dprob_chosen"] is not None and g["log10_dprob_rejected"] is not None
+        assert g["log10_dprob_ratio"] == pytest.approx(g["log10_dprob_rejected"] - g["log10_dprob_chosen"])
+    text = (Path(ws.root) / "runs" / "scenario2-dpo" / "report.txt").read_text()
+    assert "log10 |dl/dpi| rejected" in text and "|dl/dlog pi| chosen" in text
+
+
+def test_base_accuracy_is_decoded_once_for_runs_sharing_a_cache(tmp_path):
+    ws, model_dir = _world.tiny_world(tmp_path / "world")
+    graded = []
+
+    def verify(text, reference_answer):
+        graded.append(reference_answer)
+        return default_verify(text, reference_answer)
+
+    cache: dict = {}
+    first = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0, output_dir=str(tmp_path / "a")),
+                  verify=verify, base_accuracy=cache)
+    assert len(graded) == 4 and len(cache) == 1  # 2 held-out prompts, before and after
+    second = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0, loss=LossConfig("ipo", beta=0.5),
+                                          output_dir=str(tmp_path / "b")), verify=verify, base_accuracy=cache)
+    assert len(graded) == 6  # only the trained model was decoded again
+    assert second["accuracy"]["before"] == first["accuracy"]["before"] and len(cache) == 1
+    uncached = train(ws, _world.tiny_config(model_dir, max_steps=1, checkpoint_every=0,
+                                            output_dir=str(tmp_path / "c")), verify=verify)
+    assert len(graded) == 10 and uncached["accuracy"]["before"] == first["accuracy"]["before"]
