@@ -409,16 +409,26 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
             log(f"recovered a lock left by dead process {ws.recovered_lock_from}; resuming")
         if not ws.manifest():  # a build killed before its first stage still leaves a described workspace
             ws.write_manifest()
+        parts_before = _part_names(ws)
         state = BuildState(cfg=cfg, ws=ws, log=log)
         try:
             for step in STEPS:
                 pause.enter_stage(step.__name__[len("step_"):])  # named points for the crash tests
                 state = step(state)
         except BaseException:
-            _describe_after_failure(ws)
+            # Only when the build wrote something: a build refused for bad input leaves the
+            # workspace byte for byte as it was, manifest and card included.
+            if _part_names(ws) != parts_before:
+                _describe_after_failure(ws)
             raise
     state.summary["seconds"] = round(time.time() - started, 1)
     return state.summary
+
+
+def _part_names(ws: Workspace) -> set[str]:
+    from prefdata.schemas import TABLES
+
+    return {f"{table}/{path.name}" for table in TABLES for path in ws.parts(table)}
 
 
 def _describe_after_failure(ws: Workspace) -> None:
