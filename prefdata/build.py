@@ -399,10 +399,10 @@ def build(workspace: Path, cfg: BuildConfig, log: Callable[[str], None] = print)
     started = time.time()
     if cfg.quiet:
         _silence_library_progress()
-    preflight(cfg, Path(workspace))
     from prefdata.check import refuse_if_damaged
 
     refuse_if_damaged(Path(workspace))  # before the lock: a damaged workspace is left exactly as it was
+    preflight(cfg, Path(workspace))  # reads the workspace's parts (imported origins), so after the check
     ws = Workspace.create(workspace)
     with ws.writer():
         if ws.recovered_lock_from:

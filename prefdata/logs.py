@@ -78,6 +78,21 @@ def _hide_transformers_bars():
     return hf_logging.enable_progress_bar
 
 
+def _log_dir(workspace: Path) -> Path:
+    """`workspace/logs`, or a folder in the system's temp directory when the workspace cannot
+    take it (read-only, full): the command then reports its own storage error, not the log's."""
+    log_dir = workspace / LOGS_DIR
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if os.access(log_dir, os.W_OK):
+            return log_dir
+    except OSError:
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "prefdata-logs"
+
+
 @contextlib.contextmanager
 def library_logs(log_dir: Path, command: str, *, verbose: bool = False) -> Iterator[Path | None]:
     """Send model-library output to `log_dir/<command>-<time>-<pid>.log` for the block; yields
@@ -150,7 +165,7 @@ def workspace_logs(workspace: Path, command: str, *, verbose: bool = False,
     Workspace.create(workspace)
     path = None
     try:
-        with library_logs(Path(workspace) / LOGS_DIR, command, verbose=verbose) as path:
+        with library_logs(_log_dir(Path(workspace)), command, verbose=verbose) as path:
             yield
     finally:
         if say is not None and path is not None and path.exists() and path.stat().st_size:

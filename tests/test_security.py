@@ -334,7 +334,7 @@ def test_read_commands_write_nothing_but_their_documented_outputs(tmp_path, tiny
         assert result.returncode == 0, (args, result.stderr[-3000:])
     after = snapshot(ws)
     changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
-    assert changed == ["runs/combined.json", "runs/combined.txt"], changed
+    assert changed == ["runs/combined.json", "runs/combined.png", "runs/combined.txt"], changed
     assert sorted(p.name for p in out.iterdir()) == ["pairs.parquet", "prompts.csv", "trl"]
     refused = run_cli(["export", ws, "--out", ws / "pairs"], tmp_path)  # export's --out inside: refused
     assert refused.returncode == 2 and "inside the workspace" in one_error_line(refused)

@@ -251,7 +251,11 @@ OPTION_VALUES = {"min_margin": 1.5, "max_tokens": 12, "token_column": "budget_to
                  "other_pick": "random", "seed": 7, "dataset": "mix-a", "pairing": "mean_minus_2std"}
 # all_pairs and random_correct_incorrect (scenario 1 only; max_pairs_per_prompt only acts with
 # all_pairs) are checked against hand-derived groups in tests/test_pairing.py instead
-NOT_IN_ORACLE = {"max_pairs_per_prompt"}
+# max_pairs_per_prompt: all_pairs only (tests/test_pairing.py); screen_injection: the screen is
+# tests/test_injection.py's; the hygiene settings act at ingest or through an index built from
+# evaluation sets (tests/hygiene/), not on the candidate rows the oracle reads.
+NOT_IN_ORACLE = {"max_pairs_per_prompt", "screen_injection", "decontaminate", "decontaminate_n",
+                 "decontaminate_chosen", "near_duplicates", "near_duplicate_threshold"}
 
 
 def check_against_oracle(frame: pl.DataFrame, scenario: int, cfg: SelectConfig):

@@ -130,7 +130,7 @@ def test_imported_pairs_score_train_report_query_info_export(tmp_path):
     assert result.to_pylist() == [{"dataset": "mine", "kind": "imported", "chosen_origin": "imported", "n": 4}]
     info = workspace_info(ws)
     assert info["datasets"] == [{"dataset": "mine", "scenario": 0, "kind": "imported", "pairs": 4, "scored": 4}]
-    out = export_pairs(ws, tmp_path / "out")["mine"]
+    out = export_pairs(ws, tmp_path / "out", conversational=False)["mine"]  # standard form: plain strings
     assert sorted(pq.read_table(out["path"]).column("chosen").to_pylist()) == sorted(r["chosen"] for r in rows)
     assert "| mine | 0 | imported |" in (tmp_path / "ws" / "README.md").read_text()
     json.dumps(info, default=str)  # info --json serialises
