@@ -19,18 +19,16 @@ resumes by its own mechanism (build shards, score parts, train checkpoints).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from prefdata.config import build_config, resolve_model, set_path
-from prefdata.errors import PrefdataError, WorkspaceLocked
+from prefdata.errors import PrefdataError
 from prefdata.fields import at_least, check_instance, one_of
+from prefdata.paths import exclusive_lock
 from prefdata.store import atomic_write_bytes
 
 STAGES = ("build", "score", "train")
@@ -86,7 +84,8 @@ def run_iterate(workspace: Path, raw: dict, cfg: IterateConfig, log: Callable[[s
         ws.write_manifest(f"iterate:{cfg.name}", {"config": asdict(cfg), "pipeline": raw})
     root = run_dir(workspace, cfg.name)
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root):
+    with exclusive_lock(root, f"{root} is being iterated by another process",
+                        "wait for it to finish, or pick another --name"):
         state = _load_state(root, cfg, raw, base)
         for r in range(1, cfg.rounds + 1):
             _run_round(Path(workspace), root, state, raw, cfg, r, first_offset, log)
@@ -168,20 +167,6 @@ def _run_round(workspace: Path, root: Path, state: dict, raw: dict, cfg: Iterate
         k: result[k] for k in ("pairs", "steps", "table1", "eval_subset", "accuracy", "device", "bf16", "seconds")})
     rec["stages"].append("train")
     _save_state(root, state)
-
-
-@contextlib.contextmanager
-def _lock(root: Path):
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceLocked(f"{root} is being iterated by another process",
-                                  "wait for it to finish, or pick another --name") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ writes files. A run resumes on any number of processes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError, TrainingDiverged, WorkspaceLocked
+from prefdata.paths import exclusive_lock
 from prefdata.train import checkpoint as ckpt
 from prefdata.train.config import TrainConfig
 
@@ -82,9 +82,11 @@ def train(ws, cfg: TrainConfig, verify: Callable[[str, str], bool] | None = None
         if ctx.main:  # rank 0 owns the run directory; the other ranks only read from it
             run_dir.mkdir(parents=True, exist_ok=True)
             try:  # two runs training into one directory would corrupt each other
-                stack.enter_context(_run_lock(run_dir))
+                stack.enter_context(exclusive_lock(
+                    run_dir, f"{run_dir} is being trained by another process",
+                    "wait for it to finish, or train into another output directory"))
             except WorkspaceLocked as err:
-                locked = err.args[0] if err.args else str(err)
+                locked = err.problem  # the fix is added once, below
         locked = broadcast_object(locked, ctx)  # every rank fails alike, none waits forever
         if locked:
             raise WorkspaceLocked(locked, "wait for it to finish, or train into another output directory")
@@ -356,20 +358,6 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
 def _probe(whole, loss_of, evalset, report) -> dict:
     """The gradient probe on `whole` (the plain model, or FSDP's gathered copy)."""
     return report.gradient_norms(whole, lambda idx, detach=None: loss_of(idx, detach, through=whole), evalset)
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceLocked(f"{run_dir} is being trained by another process",
-                                  "wait for it to finish, or train into another output directory") from None
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _load_pairs(ws, dataset: str) -> dict:
