@@ -45,6 +45,25 @@ def pack(lengths: Sequence[int], row_tokens: int) -> list[list[int]]:
     return rows
 
 
+def token_groups(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of `sizes`, longest first, cut into consecutive groups of at most `budget` tokens
+    (an item over the budget is a group of its own): one forward pass per group.
+
+    >>> token_groups([3, 5, 2, 4], 7)
+    [[1], [3, 0], [2]]
+    """
+    groups: list[list[int]] = []
+    used = 0
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        if groups and groups[-1] and used + sizes[i] <= budget:
+            groups[-1].append(i)
+            used += sizes[i]
+        else:
+            groups.append([i])
+            used = sizes[i]
+    return groups
+
+
 @dataclass
 class Packed:
     """Sequences laid out in rows: inputs for the model body, and where the completion targets are."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from prefdata.errors import PrefdataError
-from prefdata.logprobs import Packed, pack, packed_batch, sequence_logps  # noqa: F401  (this module's API too)
+from prefdata.logprobs import Packed, pack, packed_batch, sequence_logps, token_groups  # noqa: F401  (this module's API too)
 
 # -- model loading and identity -----------------------------------------------------------------
 def model_hash(path: str | Path) -> str:
@@ -123,14 +123,10 @@ def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
     out = [math.nan] * len(sequences)
-    group: list[int] = []
-    used = 0
     was_training = model.training
     model.eval()
-
-    def flush():
+    for group in token_groups([len(p) + len(c) for p, c in sequences], batch_tokens):
         batch = packed_batch([sequences[i] for i in group], batch_tokens, pad, device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             sums = sequence_logps(model, batch, chunk_positions).tolist()
@@ -138,16 +134,6 @@ def score_sequences(model, tokenizer, sequences: Sequence[tuple[list[int], list[
             out[i] = value
         if on_batch:
             on_batch(len(group))
-
-    for i in order:
-        n = len(sequences[i][0]) + len(sequences[i][1])
-        if group and used + n > batch_tokens:
-            flush()
-            group, used = [], 0
-        group.append(i)
-        used += n
-    if group:
-        flush()
     model.train(was_training)
     return out
 

@@ -178,18 +178,14 @@ def score_pairs_shared(model, pad_id: int, pairs: Sequence[Triple], batch_tokens
     """
     import torch
 
-    from prefdata.logprobs import sequence_logps
+    from prefdata.logprobs import sequence_logps, token_groups
 
     device = next(model.parameters()).device
     n = len(pairs)
-    order = sorted(range(n), key=lambda i: -sum(map(len, pairs[i])))
     chosen, rejected = [math.nan] * n, [math.nan] * n
     was_training = model.training
     model.eval()
-    group: list[int] = []
-    used = 0
-
-    def flush():
+    for group in token_groups([sum(map(len, pair)) for pair in pairs], batch_tokens):
         batch = pair_batch([pairs[i] for i in group], pad_id, device, width_multiple=width_multiple(model))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             sums = sequence_logps(model, batch, chunk_positions).tolist()
@@ -197,15 +193,5 @@ def score_pairs_shared(model, pad_id: int, pairs: Sequence[Triple], batch_tokens
             chosen[i], rejected[i] = sums[k], sums[len(group) + k]
         if on_batch:
             on_batch(len(group))
-
-    for i in order:
-        tokens = sum(map(len, pairs[i]))
-        if group and used + tokens > batch_tokens:
-            flush()
-            group, used = [], 0
-        group.append(i)
-        used += tokens
-    if group:
-        flush()
     model.train(was_training)
     return chosen, rejected
