@@ -39,7 +39,26 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
       ("tie", "chosen and rejected have the same score (margin 0)."),
       ("inverted", "the chosen side scores lower than the rejected side."),
       ("below_margin", "the score margin is positive but below `select.min_margin`."),
-      ("same_text", "chosen and rejected are the same text after whitespace normalisation.")]),
+      ("same_text", "chosen and rejected are the same text after whitespace normalisation."),
+      ("judge_failed", "a candidate of the scenario's origins has no verdict because judging failed "
+                       "(`parse_error` from the LLM judge after its retries, or a verifier `timeout`): "
+                       "the prompt is set aside rather than paired without that candidate, which could "
+                       "otherwise never be picked as the rejected side."),
+      ("suspect_injection", "llm and reward-model judges (`select.screen_injection`): a candidate's text "
+                            "addresses the judge (a verdict-like line, instructions to the grader, a fence "
+                            "tag), so its verdict cannot be trusted; the prompt is set aside."),
+      ("contaminated", "the prompt (or, with `select.decontaminate_chosen`, the chosen response) shares a "
+                       "run of `select.decontaminate_n` words with an evaluation item or a held-out prompt."),
+      ("over_cap", "`select.pairing = \"all_pairs\"` only: a candidate pair beyond the first "
+                   "`select.max_pairs_per_prompt` of its prompt (largest margins first). With `all_pairs` "
+                   "the pair reasons count candidate pairs, not prompts, and a prompt with no "
+                   "positive-margin pair produces no row to count.")]),
+    ("Prompt drop reasons",
+     "Applied to the source's prompts before any generation. Counts are prompts.",
+     [("near_duplicate", "the prompt's word shingles have a Jaccard similarity of at least "
+                         "`select.near_duplicate_threshold` with an earlier prompt's; the first is kept."),
+      ("prompt_too_large", "the prompt text, a chat turn or the reference solution is over "
+                           "`source.max_prompt_bytes` (1 MB by default), dropped before any tokenizer sees it.")]),
     ("Scoring and training",
      "",
      [("too_long", "`score`: prompt plus the chosen or rejected response exceed the reference model's "

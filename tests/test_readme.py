@@ -32,12 +32,29 @@ NOT_RUN = {  # pattern in the command -> why it is not run here
 SMALL = {"--limit": "16", "--n": "4", "--m": "2", "--max-tokens": "96"}
 
 
+def _shell_blocks(text: str) -> list[list[str]]:
+    """The lines of each fenced block whose info string is `bash` or empty, fences paired in
+    order (a ```python or ```text block is skipped whole, not mistaken for prose between two)."""
+    blocks, current, inside = [], None, False
+    for line in text.splitlines():
+        fence = re.match(r"^\s*```(\S*)\s*$", line)
+        if fence and not inside:
+            inside, current = True, ([] if fence.group(1) in ("", "bash") else None)
+        elif fence:
+            inside = False
+            if current is not None:
+                blocks.append(current)
+        elif inside and current is not None:
+            current.append(line)
+    return blocks
+
+
 def doc_commands() -> list[str]:
     """The prefdata command lines of the bash blocks, in document order, trailing comments cut."""
     found = []
     for doc in DOCS:
-        for block in re.findall(r"```(?:bash)?\n(.*?)```", doc.read_text(), flags=re.S):
-            for line in block.splitlines():
+        for block in _shell_blocks(doc.read_text()):
+            for line in block:
                 words = shlex.split(line, comments=True)
                 while words:  # `a && b` is two commands
                     cut = words.index("&&") if "&&" in words else len(words)
@@ -85,7 +102,25 @@ def clone(tmp_path) -> Path:
     (tmp_path / "shared" / "data").mkdir(parents=True)
     if GSM8K.is_dir():
         (tmp_path / "shared" / "data" / "gsm8k").symlink_to(GSM8K)
+    write_example_files(here)
     return here
+
+
+def write_example_files(here: Path) -> None:
+    """The files the README's import examples read: each `name`: followed by a ```json block is
+    written as shown; pairs.parquet (described in prose, TRL's standard form) is made here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = (ROOT / "README.md").read_text()
+    for name, body in re.findall(r"`([\w.-]+\.jsonl?)`:\s*\n\s*```json\n(.*?)```", text, flags=re.S):
+        (here / name).write_text(body)
+    hh = re.search(r"implicit prompt\*\*.*?```json\n(.*?)```", text, flags=re.S)
+    if hh:
+        (here / "hh.jsonl").write_text(hh.group(1))
+    pq.write_table(pa.table({"prompt": ["What is 2 + 3?", "What is 4 + 4?"],
+                             "chosen": ["2 + 3 = 5. The answer is 5.", "4 + 4 = 8. The answer is 8."],
+                             "rejected": ["The answer is 6.", "The answer is 9."]}), here / "pairs.parquet")
 
 
 def test_the_docs_hold_the_commands_this_test_expects():
