@@ -16,27 +16,15 @@ re-judges, and the same one never judges a candidate twice.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Callable
 
 from prefdata.errors import PrefdataError
 from prefdata.generate.base import Backend, Request, run_backend
 from prefdata.generate.registry import make_backend, resolve_backend_name
 from prefdata.generate.config import GenerationConfig, SamplingConfig
-from prefdata.generate.model import load_tokenizer, model_hash, render, template_hash, validate_model_dir
+from prefdata.generate.model import (context_length, load_tokenizer, model_hash, render, template_hash,
+                                     validate_model_dir)
 from prefdata.judge.llm_judge import LLMJudge, LLMJudgeConfig
-
-
-def context_length(model_dir: str | Path) -> int | None:
-    """The model's context window from its config.json (None when it does not say)."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
 
 
 class BackendCompleter:
@@ -108,7 +96,7 @@ def llm_judge_from_config(judge_cfg) -> ServedLLMJudge:
     name = judge_cfg.model_name or path.resolve().name  # as the reward-model judge names itself
     decoding = {"temperature": 0.0, "max_tokens": judge_cfg.max_tokens}
     version = json.dumps({"model_hash": mhash, "template": template_hash(tokenizer), **decoding}, sort_keys=True)
-    context = judge_cfg.max_model_len or context_length(path)
+    context = context_length(path, judge_cfg.max_model_len)
     completer = BackendCompleter(lambda: make_backend(gen_cfg, mhash, tokenizer), tokenizer,
                                  judge_cfg.max_tokens, context)
     return ServedLLMJudge(completer, LLMJudgeConfig(model_name=name, max_retries=judge_cfg.max_retries,

@@ -24,7 +24,8 @@ from prefdata.generate.hf_backend import TransformersBackend
 from prefdata.generate.model import load_tokenizer
 from prefdata.judge.base import JudgeItem
 from prefdata.judge.llm_judge import LLMJudge, LLMJudgeConfig, build_prompt
-from prefdata.judge.serve import BackendCompleter, context_length, llm_judge_from_config
+from prefdata.generate.model import context_length
+from prefdata.judge.serve import BackendCompleter, llm_judge_from_config
 from prefdata.store import Workspace
 
 REF = "We compute 12 + 7 = 19.\nThen 19 * 3 = 57.\n#### 57"
