@@ -67,9 +67,8 @@ class JudgeConfig:
     max_model_len: int | None = field(default=None, metadata=at_least(1))
 
     def __post_init__(self):
-        if isinstance(self.kind, str) and self.kind.startswith("imported:"):
-            object.__setattr__(self, "model", self.kind.partition(":")[2])
-            object.__setattr__(self, "kind", "imported")
+        for name, value in _imported_judge({"kind": self.kind, "model": self.model}).items():
+            object.__setattr__(self, name, value)
         check_instance(self)
         if self.kind == "imported" and not self.model:
             raise PrefdataError("--judge imported names no rating column",
