@@ -312,15 +312,13 @@ def _untrusted_prompts(df: pl.DataFrame, origins: tuple[str, ...], first_rows: n
     """Per prompt: has a candidate of the scenario's origins a failed judgment
     (``_judge_failed``), or a text that addresses the judge (``_suspect_injection``)?"""
     in_play = df["origin"].is_in(list(origins)).fill_null(False)
-    failed = in_play & (df["status"].is_in(list(FAILED_STATUSES)).fill_null(False)
-                        if "status" in df.columns else False)
-    suspect = (in_play & df.select(suspect_injection()).to_series()) if screen else in_play & False
-    out = {}
-    for name, mask in (("_judge_failed", failed), ("_suspect_injection", suspect)):
-        mask = mask.to_numpy()
-        out[name] = (np.add.reduceat(mask, first_rows) > 0 if len(first_rows)
-                     else np.zeros(0, bool))
-    return out
+    masks = {"_judge_failed": in_play & df["status"].is_in(list(FAILED_STATUSES)).fill_null(False)
+             if "status" in df.columns else None,
+             "_suspect_injection": in_play & df.select(suspect_injection()).to_series() if screen else None}
+    # a rule that cannot fire (no status column, screen off) is all False without a pass over the rows
+    return {name: (np.add.reduceat(mask.to_numpy(), first_rows) > 0
+                   if mask is not None and len(first_rows) else np.zeros(len(first_rows), bool))
+            for name, mask in masks.items()}
 
 
 def select_pairs(candidates_scored: pl.DataFrame, scenario: int, cfg: SelectConfig = SelectConfig(),
