@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from prefdata import pause
 from prefdata.config import build_config, resolve_model, set_path
 from prefdata.errors import PrefdataError
 from prefdata.fields import at_least, check_instance, one_of
@@ -121,8 +122,11 @@ def _load_state(root: Path, cfg: IterateConfig, raw: dict, base: str) -> dict:
     return state
 
 
-def _save_state(root: Path, state: dict) -> None:
+def _save_state(root: Path, state: dict, recorded: str | None = None) -> None:
     atomic_write_bytes(root / "state.json", (json.dumps(state, indent=2) + "\n").encode())
+    if recorded:  # a named point, so crash tests can kill right after a stage is on disk
+        pause.enter_stage("iterate")
+        pause.point(f"recorded:{recorded}")
 
 
 def _run_round(workspace: Path, root: Path, state: dict, raw: dict, cfg: IterateConfig, r: int,
@@ -148,13 +152,13 @@ def _run_round(workspace: Path, root: Path, state: dict, raw: dict, cfg: Iterate
         rec["build"] = {"prompts": summary["prompts"]["rows_kept"], "pairs": summary["pairs"][dataset],
                         "generation": summary.get("generation", {})}
         rec["stages"].append("build")
-        _save_state(root, state)
+        _save_state(root, state, recorded="build")
     ws = Workspace.open(workspace)
     if "score" not in rec["stages"]:
         log(f"== round {r}: reference log-probs under {reference}")
         score_pairs(ws, reference, dataset=dataset, device=cfg.device, progress=log)
         rec["stages"].append("score")
-        _save_state(root, state)
+        _save_state(root, state, recorded="score")
     log(f"== round {r}: train {start} on {dataset}")
     train_cfg = TrainConfig(dataset=dataset, model_path=start, reference_path=None if reference == start else reference,
                             loss=LossConfig(cfg.loss, beta=cfg.beta), lr=cfg.lr, epochs=cfg.epochs,
@@ -166,7 +170,7 @@ def _run_round(workspace: Path, root: Path, state: dict, raw: dict, cfg: Iterate
     rec.update(model=str(model), model_hash=model_hash(model), result={
         k: result[k] for k in ("pairs", "steps", "table1", "eval_subset", "accuracy", "device", "bf16", "seconds")})
     rec["stages"].append("train")
-    _save_state(root, state)
+    _save_state(root, state, recorded="train")
 
 
 # -- the report ---------------------------------------------------------------------------------

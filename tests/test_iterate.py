@@ -30,15 +30,23 @@ def _state(ws: Path) -> dict:
         return {}
 
 
-def _run_until(args: list[str], ws: Path, done, log: Path, timeout: float = 900) -> None:
-    """Start the CLI, SIGKILL it as soon as `done(state)` holds (it must not finish first)."""
+def _run_until(args: list[str], log: Path, recorded: str, timeout: float = 900) -> None:
+    """Start the CLI and SIGKILL it the moment state.json records stage `recorded` of a round.
+
+    The run stops itself there (prefdata/pause.py: `iterate/recorded:<stage>`), so the kill lands
+    before the next stage starts however fast that stage is.
+    """
+    env = dict(ENV, PREFDATA_TEST_PAUSE_AT=f"iterate/recorded:{recorded}")
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=ENV)
-        deadline = time.time() + timeout
-        while not done(_state(ws)):
-            assert proc.poll() is None, f"finished before the kill point: {log.read_text()[-2000:]}"
-            assert time.time() < deadline, "kill point not reached in time"
-            time.sleep(0.2)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)
+            if pid and os.WIFSTOPPED(status):
+                break
+            assert not pid, f"finished before the kill point: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "kill point not reached in time"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
@@ -52,10 +60,10 @@ def test_iterate_resumes_after_sigkill_inside_and_after_a_round(tmp_path):
     ws = tmp_path / "ws"
     args = _cli("iterate", str(ws), "--rounds", "2", "--set", "policy.backend=transformers", *TINY)
     # 1. killed inside round 1, once its build (sample, judge, pair) is recorded
-    _run_until(args, ws, lambda s: "build" in _stages(s, 1), tmp_path / "kill1.log")
+    _run_until(args, tmp_path / "kill1.log", recorded="build")
     assert _stages(_state(ws), 1) == ["build"]
     # 2. resumed: round 1 continues at scoring; killed once round 1 is finished
-    _run_until(args, ws, lambda s: _stages(s, 1) == ["build", "score", "train"], tmp_path / "kill2.log")
+    _run_until(args, tmp_path / "kill2.log", recorded="train")
     second = (tmp_path / "kill2.log").read_text()
     assert "round 1: sample" not in second and "round 1: reference log-probs" in second, second[-2000:]
     model1 = ws / "runs" / "iter" / "round-1" / "model"
