@@ -101,7 +101,7 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
     from prefdata.train import distributed as dist
     from prefdata.train import report
     from prefdata.train.losses import compute_loss
-    from prefdata.train.packing import pair_batch, supports_shared_prefix, width_multiple
+    from prefdata.train.packing import pair_batch, row_tokens_for, supports_shared_prefix, width_multiple
 
     say = progress or (lambda _msg: None)
     started = time.time()
@@ -180,7 +180,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
         `through` is the DDP/FSDP runner in training steps; measurements pass a plain
         model, whose gradients then stay rank-local (the gradient probe)."""
         if shared:  # prompt | chosen | rejected: each prompt computed once (packing.py)
-            batch = pair_batch([(prompts[i], chosen[i], rejected[i]) for i in idx], pad_id, device,
+            triples = [(prompts[i], chosen[i], rejected[i]) for i in idx]
+            batch = pair_batch(triples, pad_id, device, row_tokens=row_tokens_for(model, triples),
                                width_multiple=width_multiple(model))
         else:
             seqs = [(prompts[i], chosen[i]) for i in idx] + [(prompts[i], rejected[i]) for i in idx]

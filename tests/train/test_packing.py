@@ -234,3 +234,24 @@ def test_shared_prefix_on_gpu_sdpa_and_flex_fp32_and_bf16():
     torch.testing.assert_close(flex[0], unshared[0], rtol=1e-4, atol=1e-4)
     for a, b in zip(flex[1], unshared[1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_row_width_trades_padding_against_attention_span():
+    from prefdata.train.packing import row_tokens_for
+
+    model = _llama()
+    # one long segment and many about half as long: rows as wide as the longest are mostly padding
+    mixed = [([5] * 60, [6] * 10, [7] * 10)] + [([5] * 25, [6] * 5, [7] * 5) for _ in range(7)]
+    width = row_tokens_for(model, mixed)
+    longest = pair_batch(mixed, pad_id=0)
+    wider = pair_batch(mixed, pad_id=0, row_tokens=width)
+    assert width > 80 and wider.input_ids.numel() < longest.input_ids.numel()
+    # the chosen layout computes the same log-probs as the one-segment-per-row layout
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_logps(model, wider), sequence_logps(model, longest), **TOL)
+    # equal lengths: no padding to save, the narrowest row wins
+    same = [([5] * 30, [6] * 5, [7] * 5)] * 4
+    assert row_tokens_for(model, same) == 40
+    # FlexAttention skips empty blocks, so the dense-mask estimate does not apply
+    model.config._attn_implementation = "flex_attention"
+    assert row_tokens_for(model, mixed) is None
