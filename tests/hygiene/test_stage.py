@@ -11,11 +11,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefdata.build import BuildState, format_summary, step_finish, step_ingest
+from prefdata.build import format_summary, step_finish
+from prefdata.build_state import BuildState
 from prefdata.config import build_config, scenario_pipeline, set_path
 from prefdata.errors import PrefdataError
 from prefdata.hygiene.decontaminate import NgramIndex
 from prefdata.hygiene.stage import load_eval_sets, prompt_text
+from prefdata.ingest import step_ingest
 from prefdata.info import format_info, workspace_info
 from prefdata.select import SelectConfig, select_pairs
 from prefdata.store import Workspace
