@@ -271,7 +271,7 @@ def run_ours(spec: dict, meter: Meter, shared_prefix: bool = True) -> None:
     from prefdata.store import Workspace
     from prefdata.train.config import TrainConfig
     from prefdata.train.loop import train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.loss_config import LossConfig
 
     warmup, steps = spec["warmup"], spec["steps"]
     # Count the tokens the loop packs: `train` imports its packers from their modules when it is

@@ -196,7 +196,7 @@ def train(
     from prefdata.store import Workspace
     from prefdata.train.config import TrainConfig, check_train_options
     from prefdata.train.loop import train as run_train
-    from prefdata.train.losses import LossConfig, loss_name
+    from prefdata.train.loss_config import LossConfig, loss_name
 
     loss = loss_name(loss)
     check_train_options({"lr": lr, "beta": beta, "beta_chosen": beta_chosen, "beta_rejected": beta_rejected,
@@ -240,7 +240,7 @@ def train(
         _refresh_card(ws)
         run_dir = cfg.run_dir(ws)
         if quiet:
-            from prefdata.train.report import format_run
+            from prefdata.train.report_files import format_run
 
             typer.echo(format_run(result))
         typer.echo(f"model: {run_dir / 'model'}  report: {run_dir / 'report.txt'}, {run_dir / 'report.png'}")

@@ -85,7 +85,7 @@ def import_(
 def report(workspace: Path = typer.Argument(..., help="Workspace directory.")) -> None:
     """Lay all trained runs of a workspace side by side (the study's Table 1 form)."""
     from prefdata.store import Workspace
-    from prefdata.train.report import combined_report
+    from prefdata.train.report_files import combined_report
 
     from prefdata.iterate import iterate_texts
 

@@ -68,7 +68,7 @@ def run_dir(workspace: Path, name: str) -> Path:
 def run_iterate(workspace: Path, raw: dict, cfg: IterateConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) `cfg.rounds` rounds of the pipeline `raw` (a TOML dict, as `build` takes);
     returns the report dict (also written as runs/<name>/rounds.{json,txt,png})."""
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.loss_config import LossConfig
 
     LossConfig(cfg.loss, beta=cfg.beta)  # a bad --loss fails before any model work
     base = resolve_model(raw.get("policy", {}).get("model", "toy:policy"))
@@ -136,7 +136,7 @@ def _run_round(workspace: Path, root: Path, state: dict, raw: dict, cfg: Iterate
     from prefdata.store import Workspace
     from prefdata.train.config import TrainConfig
     from prefdata.train.loop import train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.loss_config import LossConfig
 
     rec = state["rounds"].setdefault(str(r), {"round": r, "dataset": f"{cfg.name}-r{r}", "stages": []})
     if rec["stages"] == list(STAGES):

@@ -81,7 +81,7 @@ class StudyConfig:
         check(self.pairing, 1, "worst", self.select.get("max_pairs_per_prompt", 4))
 
     def loss_config(self, name: str):
-        from prefdata.train.losses import LossConfig
+        from prefdata.train.loss_config import LossConfig
 
         extra = {"flex_dpo": {"beta_chosen": self.beta, "beta_rejected": self.beta_rejected},
                  "dpo_sft": {"sft_weight": self.sft_weight}}.get(name, {})
@@ -123,7 +123,7 @@ def train_config(cfg: StudyConfig, scenario: int, loss: str, seed: int, **change
 def run_seed(directory: Path, cfg: StudyConfig, seed: int, log: Callable[[str], None] = print) -> list[dict]:
     """One seed's workspace: build, score, train every scenario and loss; the study's numbers per run."""
     from prefdata.train.loop import train
-    from prefdata.train.report import combined_report
+    from prefdata.train.report_files import combined_report
 
     ws = build_and_score(directory / f"seed-{seed}", cfg, seed, log)
     base_accuracy: dict = {}  # the base model's held-out accuracy, decoded once per seed

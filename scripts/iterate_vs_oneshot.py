@@ -38,7 +38,7 @@ def main() -> None:
     from prefdata.store import Workspace
     from prefdata.train.config import TrainConfig
     from prefdata.train.loop import train
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.loss_config import LossConfig
 
     started, load = time.time(), os.getloadavg()
     raw = scenario_pipeline(1)

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # target -> (module, the fast test modules that cover it)
 TARGETS = {
-    "losses": ("prefdata/train/losses.py", ["tests/train/test_losses.py"]),
+    "losses": ("prefdata/train/losses.py", ["tests/train/test_losses.py", "tests/train/test_loss_config.py"]),
     "score": ("prefdata/score.py", ["tests/test_score.py"]),
     "select": ("prefdata/select.py", ["tests/test_select.py", "tests/test_filters.py"]),
 }

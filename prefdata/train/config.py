@@ -4,7 +4,7 @@ One `TrainConfig` fully describes a run; it is saved as `config.json` beside
 the run's outputs, and a resumed run must be given the same one (fields that
 only say *how often* to log or save may differ).
 
->>> from prefdata.train.losses import LossConfig
+>>> from prefdata.train.loss_config import LossConfig
 >>> cfg = TrainConfig(dataset="scenario2", model_path="prefdata/toy/weights/policy",
 ...                   loss=LossConfig("ipo", beta=0.5), lr=1e-4, max_steps=50)
 >>> cfg.run_name
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prefdata.errors import PrefdataError
 from prefdata.fields import at_least, between, check_value
-from prefdata.train.losses import LossConfig
+from prefdata.train.loss_config import LossConfig
 
 SCHEDULES = ("constant", "cosine", "linear")
 

@@ -99,8 +99,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
 
     from prefdata.score import load_model, model_hash, packed_batch, pick_device, sequence_logps
     from prefdata.train import distributed as dist
-    from prefdata.train import report
-    from prefdata.train.losses import compute_loss
+    from prefdata.train import report, report_files
+    from prefdata.train.loss_config import compute_loss
     from prefdata.train.packing import pair_batch, row_tokens_for, supports_shared_prefix, width_multiple
 
     say = progress or (lambda _msg: None)
@@ -350,8 +350,8 @@ def _train(ws, cfg: TrainConfig, run_dir: Path, verify, on_step, progress, ctx, 
                               "processes": ctx.world, "parallel": ("fsdp" if fsdp else "ddp") if ctx.active
                               else None, "seconds": round(time.time() - started, 2)})
     if ctx.main:
-        report.write_report(run_dir, result)
-    say(report.format_run(result))
+        report_files.write_report(run_dir, result)
+    say(report_files.format_run(result))
     dist.barrier()  # the other ranks return once rank 0's files are complete
     return result
 

@@ -109,8 +109,8 @@ def test_imported_pairs_score_train_report_query_info_export(tmp_path):
     from prefdata.score import score_pairs
     from prefdata.train.config import TrainConfig
     from prefdata.train.loop import train
-    from prefdata.train.losses import LossConfig
-    from prefdata.train.report import combined_report
+    from prefdata.train.loss_config import LossConfig
+    from prefdata.train.report_files import combined_report
 
     rows = [{"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}. The answer is {a + b}.",
              "rejected": f"The answer is {a + b + 1}."} for a, b in ((3, 4), (6, 2), (10, 5), (8, 9))]

@@ -36,7 +36,7 @@ TOL = 1e-5
 def config(model_dir, out):
     """One config for every run here (only the output directory differs)."""
     from prefdata.train.config import TrainConfig
-    from prefdata.train.losses import LossConfig
+    from prefdata.train.loss_config import LossConfig
 
     return TrainConfig(dataset="scenario2", model_path=str(model_dir), loss=LossConfig("dpo", beta=0.1),
                        lr=1e-3, batch_size=1, grad_accum=4, max_steps=4, eval_every=4, checkpoint_every=2,

@@ -17,7 +17,7 @@ from prefdata.score import score_pairs  # noqa: E402
 from prefdata.store import Workspace  # noqa: E402
 from prefdata.train.config import TrainConfig  # noqa: E402
 from prefdata.train.loop import train  # noqa: E402
-from prefdata.train.losses import LossConfig  # noqa: E402
+from prefdata.train.loss_config import LossConfig  # noqa: E402
 
 
 def tiny_world(root, n_pairs=12, n_test=4, dataset="scenario2"):
@@ -97,7 +97,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from prefdata.score import completion_ids, prompt_ids, score_sequences
-    from prefdata.train.losses import compute_loss
+    from prefdata.train.loss_config import compute_loss
 
     ws, model_dir = world
     cfg = tiny_config(model_dir, max_steps=6, eval_every=3, output_dir=str(tmp_path / "run"))
@@ -228,11 +228,11 @@ def test_every_loss_accumulated_gradient_equals_one_batch(world, tmp_path, loss)
 
 
 def test_nan_loss_raises_and_keeps_the_last_checkpoint(world, tmp_path, monkeypatch):
-    from prefdata.train import losses
+    from prefdata.train import loss_config
 
     ws, model_dir = world
     poisoned = {"on": False}
-    real = losses.compute_loss
+    real = loss_config.compute_loss
 
     def compute_loss(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -243,7 +243,7 @@ def test_nan_loss_raises_and_keeps_the_last_checkpoint(world, tmp_path, monkeypa
     def poison_after_2(step, _record):
         poisoned["on"] = step >= 2
 
-    monkeypatch.setattr(losses, "compute_loss", compute_loss)
+    monkeypatch.setattr(loss_config, "compute_loss", compute_loss)
     cfg = tiny_config(model_dir, output_dir=str(tmp_path / "run"), heldout_prompts=0)
     with pytest.raises(TrainingDiverged, match="step 3: loss is nan") as err:
         train(ws, cfg, on_step=poison_after_2)

@@ -16,7 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from prefdata.score import packed_batch, sequence_logps  # noqa: E402
-from prefdata.train.losses import LOSSES, LossConfig, compute_loss  # noqa: E402
+from prefdata.train.loss_config import LossConfig, compute_loss  # noqa: E402
+from prefdata.train.losses import LOSSES  # noqa: E402
 from prefdata.train.packing import pair_batch, score_pairs_shared, supports_shared_prefix  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)

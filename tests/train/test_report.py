@@ -12,8 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from prefdata.train.loop import train  # noqa: E402
-from prefdata.train.losses import LossConfig  # noqa: E402
-from prefdata.train.report import build_evalset, combined_report, default_verify  # noqa: E402
+from prefdata.train.loss_config import LossConfig  # noqa: E402
+from prefdata.train.report import build_evalset, default_verify  # noqa: E402
+from prefdata.train.report_files import combined_report  # noqa: E402
 from tests.reference_forward import plain_logp  # noqa: E402
 
 # The tiny world is defined once, in test_loop.py; loaded by path so any pytest import mode works.
