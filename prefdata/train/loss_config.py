@@ -107,7 +107,7 @@ def compute_loss(
     rejected_tokens: Tensor | None = None,
     chosen_tokens_per_pair: Tensor | float | None = None,
 ) -> LossOutput:
-    """Run the loss ``config`` names on a batch; shapes as in the module docstring.
+    """Run the loss ``config`` names on a batch; shapes as in :mod:`prefdata.train.losses`.
 
     ``chosen_tokens_per_pair``: the mean chosen length over the whole optimizer
     batch when this call sees part of it; passed on to the losses that
